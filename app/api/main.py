@@ -1,0 +1,70 @@
+"""The FastAPI application: routers, error mapping, lifespan. No connection is made at import time."""
+
+from __future__ import annotations
+
+import logging
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+from sqlalchemy.exc import DBAPIError, OperationalError
+
+from app.api import auth
+from app.api.limits import BodySizeLimit
+from app.api.routes_health import router as health_router
+from app.api.routes_jobs import router as jobs_router
+from app.db.session import session_factory
+from app.errors import BadSource, PermanentError, TransientError
+from app.jobs import IdempotencyConflict, JobNotFound
+from app.settings import Settings, get_settings
+
+log = logging.getLogger("asrq.api")
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or get_settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):  # noqa: ANN202
+        app.state.settings = settings
+        app.state.sessions = session_factory()
+        app.state.auth_required = auth.auth_required(settings)
+        try:
+            with app.state.sessions() as s:
+                auth.sync_env_keys(s, settings)
+        except (OperationalError, DBAPIError):
+            log.warning("database unreachable at start-up; API keys from the environment still work")
+        yield
+
+    app = FastAPI(title="asrq", version="0.1.0", lifespan=lifespan,
+                  description="Submit recordings, follow jobs, fetch timestamped transcripts.")
+    app.add_middleware(BodySizeLimit, max_bytes=settings.max_upload_bytes)
+    app.include_router(jobs_router)
+    app.include_router(health_router)
+
+    @app.exception_handler(JobNotFound)
+    async def _not_found(_r: Request, e: JobNotFound) -> JSONResponse:
+        return JSONResponse({"detail": str(e)}, 404)
+
+    @app.exception_handler(IdempotencyConflict)
+    async def _conflict(_r: Request, e: IdempotencyConflict) -> JSONResponse:
+        return JSONResponse({"detail": str(e)}, 409)
+
+    @app.exception_handler(BadSource)
+    async def _bad_source(_r: Request, e: BadSource) -> JSONResponse:
+        return JSONResponse({"detail": str(e)}, 422)
+
+    @app.exception_handler(PermanentError)
+    async def _bad_request(_r: Request, e: PermanentError) -> JSONResponse:
+        return JSONResponse({"detail": str(e)}, 400)
+
+    @app.exception_handler(OperationalError)
+    @app.exception_handler(DBAPIError)
+    @app.exception_handler(TransientError)
+    async def _unavailable(_r: Request, e: Exception) -> JSONResponse:
+        # a restarting database is a wait, not a server bug: 503 tells clients to retry
+        log.warning("service unavailable: %s", type(e).__name__)
+        return JSONResponse({"detail": "a backing service is unavailable; retry shortly"}, 503,
+                            headers={"Retry-After": "5"})
+
+    return app

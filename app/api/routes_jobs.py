@@ -1,0 +1,198 @@
+"""/v1/jobs: submit (upload or URI), batch submit, get, list, transcript, cancel/delete."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import uuid
+from typing import BinaryIO
+
+from fastapi import APIRouter, Depends, Header, HTTPException, Query, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import JSONResponse, RedirectResponse, Response
+from pydantic import ValidationError
+from starlette.datastructures import UploadFile
+
+from app.api.auth import current_tenant
+from app.constants import TRANSCRIPT_FORMATS, source_key, transcript_key
+from app.db.models import JobState
+from app.jobs import NewJob, cancel_or_delete, create_batch, create_job, get_job, job_out, list_jobs
+from app.schemas import BatchCreate, BatchOut, JobCreate, JobList, JobOptions, JobOut
+from app.sources import UPLOAD_SCHEME, safe_filename, validate_source_uri
+from app.storage import ObjectNotFound, get_store
+from workers.dispatch import send_prepare, try_send
+
+router = APIRouter(prefix="/v1", tags=["jobs"])
+
+FORM_FIELDS = {"file", "engine", "model", "language", "hotwords", "formats", "webhook_url", "options"}
+MEDIA_TYPES = {"json": "application/json", "srt": "application/x-subrip", "vtt": "text/vtt", "txt": "text/plain"}
+
+
+class _HashingReader:
+    """Streams an upload to storage while hashing it, so the bytes are read once."""
+
+    def __init__(self, raw: BinaryIO) -> None:
+        self.raw = raw
+        self.sha = hashlib.sha256()
+        self.size = 0
+
+    def read(self, n: int = -1) -> bytes:
+        data = self.raw.read(n)
+        self.sha.update(data)
+        self.size += len(data)
+        return data
+
+
+def _form_options(form) -> JobOptions:  # noqa: ANN001
+    unknown = set(form.keys()) - FORM_FIELDS
+    if unknown:
+        raise HTTPException(422, f"unknown form fields: {', '.join(sorted(unknown))}")
+    raw: dict = json.loads(form["options"]) if form.get("options") else {}
+    for name in ("engine", "model", "language"):
+        if form.get(name):
+            raw[name] = form[name]
+    for name in ("hotwords", "formats"):
+        values = [v for item in form.getlist(name) for v in str(item).split(",") if v.strip()]
+        if values:
+            raw[name] = [v.strip() for v in values]
+    return JobOptions(**raw)
+
+
+def _validation_422(e: ValidationError) -> HTTPException:
+    return HTTPException(422, [{"loc": err["loc"], "msg": err["msg"]} for err in e.errors()])
+
+
+@router.post("/jobs", status_code=202, response_model=JobOut, summary="Submit one recording (upload or URI)")
+async def submit_job(
+    request: Request,
+    tenant: str = Depends(current_tenant),
+    idempotency_key: str | None = Header(None, max_length=255),
+) -> JSONResponse:
+    settings = request.app.state.settings
+    ctype = request.headers.get("content-type", "")
+    job_id = uuid.uuid4()
+    uploaded_key = None
+    try:
+        if ctype.startswith("multipart/form-data"):
+            form = await request.form(max_files=1, max_fields=len(FORM_FIELDS))
+            upload = form.get("file")
+            if not isinstance(upload, UploadFile):
+                raise HTTPException(422, "multipart upload needs the audio in the form field 'file'")
+            options = _form_options(form)
+            webhook = form.get("webhook_url") or None
+            filename = safe_filename(upload.filename)
+            uploaded_key = source_key(job_id, filename)
+            reader = _HashingReader(upload.file)
+            await run_in_threadpool(get_store().put_stream, uploaded_key, reader, upload.content_type)
+            if reader.size == 0:
+                raise HTTPException(422, "the uploaded file is empty")
+            new = NewJob(f"{UPLOAD_SCHEME}:{filename}", filename, options, webhook, idempotency_key,
+                         reader.sha.hexdigest())
+        elif ctype.startswith("application/json"):
+            try:
+                body = JobCreate.model_validate_json(await request.body())
+            except ValidationError as e:
+                raise _validation_422(e) from e
+            validate_source_uri(body.source_uri, settings)
+            from app.sources import filename_from_uri
+
+            new = NewJob(body.source_uri, filename_from_uri(body.source_uri),
+                         JobOptions(**body.model_dump(include=set(JobOptions.model_fields))), body.webhook_url,
+                         idempotency_key or body.idempotency_key)
+        else:
+            raise HTTPException(415, "send multipart/form-data with a 'file' field, or JSON with 'source_uri'")
+        if new.webhook_url:
+            validate_source_uri(new.webhook_url, settings)
+    except ValidationError as e:
+        raise _validation_422(e) from e
+    except json.JSONDecodeError as e:
+        raise HTTPException(422, "the 'options' form field is not valid JSON") from e
+
+    def _create() -> tuple[JobOut, bool]:
+        with request.app.state.sessions() as s:
+            job, created = create_job(s, tenant, new, settings, job_id)
+            return job_out(job), created
+
+    try:
+        out, created = await run_in_threadpool(_create)
+    except BaseException:
+        if uploaded_key:
+            await run_in_threadpool(get_store().delete_prefix, f"jobs/{job_id}/")
+        raise
+    if created:
+        await run_in_threadpool(try_send, send_prepare, [job_id])
+    elif uploaded_key:
+        await run_in_threadpool(get_store().delete_prefix, f"jobs/{job_id}/")  # a replay keeps no second copy
+    return JSONResponse(out.model_dump(mode="json"), 202 if created else 200)
+
+
+@router.post("/jobs/batch", status_code=202, response_model=BatchOut, summary="Submit many recordings by URI")
+def submit_batch(request: Request, body: BatchCreate, tenant: str = Depends(current_tenant)) -> BatchOut:
+    settings = request.app.state.settings
+    if len(body.jobs) > settings.max_batch_jobs:
+        raise HTTPException(413, f"a batch holds at most {settings.max_batch_jobs} jobs; split it")
+    for n, item in enumerate(body.jobs):
+        try:
+            validate_source_uri(item.source_uri, settings)
+            if item.webhook_url:
+                validate_source_uri(item.webhook_url, settings)
+        except Exception as e:
+            raise HTTPException(422, f"jobs[{n}]: {e}") from e
+    with request.app.state.sessions() as s:
+        ids = create_batch(s, tenant, body.jobs, settings)
+    try_send(send_prepare, ids)
+    return BatchOut(job_ids=[str(i) for i in ids], count=len(ids))
+
+
+@router.get("/jobs/{job_id}", response_model=JobOut)
+def get_job_route(request: Request, job_id: uuid.UUID, tenant: str = Depends(current_tenant)) -> JobOut:
+    with request.app.state.sessions() as s:
+        return job_out(get_job(s, tenant, job_id))
+
+
+@router.get("/jobs", response_model=JobList)
+def list_jobs_route(request: Request, tenant: str = Depends(current_tenant), state: JobState | None = None,
+                    cursor: str | None = None, limit: int = Query(100, ge=1, le=1000)) -> JobList:
+    with request.app.state.sessions() as s:
+        jobs, nxt = list_jobs(s, tenant, state, cursor, limit)
+        return JobList(jobs=[job_out(j) for j in jobs], next_cursor=nxt)
+
+
+@router.get("/jobs/{job_id}/transcript", summary="The transcript as json, srt, vtt or txt")
+def get_transcript(request: Request, job_id: uuid.UUID, tenant: str = Depends(current_tenant),
+                   format: str = Query("json", pattern="^(json|srt|vtt|txt)$"),  # noqa: A002
+                   redirect: bool = False) -> Response:
+    with request.app.state.sessions() as s:
+        job = get_job(s, tenant, job_id)
+        state = job.state
+    if state != JobState.COMPLETED:
+        raise HTTPException(409, f"job is {state.value}; the transcript exists once it is COMPLETED")
+    store = get_store()
+    key = transcript_key(job_id, format)
+    if redirect:
+        url = store.presign(key, request.app.state.settings.presign_expiry_s)
+        if url:
+            return RedirectResponse(url, 307)
+    try:
+        data = store.get_bytes(key)
+    except ObjectNotFound as e:
+        raise HTTPException(404, f"no {format} transcript stored for this job") from e
+    return Response(data, media_type=MEDIA_TYPES[format] + ("; charset=utf-8" if format != "json" else ""))
+
+
+@router.get("/jobs/{job_id}/links", summary="Presigned, expiring links to each transcript format")
+def get_links(request: Request, job_id: uuid.UUID, tenant: str = Depends(current_tenant)) -> dict:
+    with request.app.state.sessions() as s:
+        job = get_job(s, tenant, job_id)
+    if job.state != JobState.COMPLETED:
+        raise HTTPException(409, f"job is {job.state.value}")
+    expiry = request.app.state.settings.presign_expiry_s
+    store = get_store()
+    return {"expires_in_s": expiry,
+            "links": {f: store.presign(transcript_key(job_id, f), expiry) for f in TRANSCRIPT_FORMATS}}
+
+
+@router.delete("/jobs/{job_id}", response_model=JobOut, summary="Cancel a running job or delete a finished one's objects")
+def delete_job(request: Request, job_id: uuid.UUID, tenant: str = Depends(current_tenant)) -> JobOut:
+    with request.app.state.sessions() as s:
+        return job_out(cancel_or_delete(s, get_store(), tenant, job_id))

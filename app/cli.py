@@ -1,0 +1,327 @@
+"""The asrq command: embedded one-shot transcription, the services, and the HTTP client."""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import logging
+import os
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import click
+
+from app.constants import ALL_QUEUES, CPU_QUEUES, TRANSCRIPT_FORMATS, source_key, transcript_key
+from app.settings import get_settings
+
+AUDIO_SUFFIXES = {".wav", ".flac", ".mp3", ".m4a", ".aac", ".ogg", ".opus", ".oga", ".wma", ".aif", ".aiff",
+                  ".amr", ".webm", ".mp4", ".mkv", ".mov", ".avi", ".3gp", ".caf", ".au"}
+
+
+def _setup_logging(level: str = "INFO") -> None:
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s %(message)s", stream=sys.stderr)
+
+
+@click.group()
+def cli() -> None:
+    """asrq: transcribe recordings at scale."""
+
+
+# --- embedded one-shot -------------------------------------------------------------------------
+
+def start_local_worker(log_file: Path) -> subprocess.Popen:
+    """A real Celery worker on every queue, on whatever broker the settings name (embedded: no server)."""
+    from workers.launcher import WorkerSpec
+
+    settings = get_settings()
+    spec = WorkerSpec(f"local-{os.getpid()}@localhost", list(ALL_QUEUES), {}, pool="solo",
+                      prefetch=settings.batch_max_requests)
+    log_file.parent.mkdir(parents=True, exist_ok=True)
+    with open(log_file, "ab") as out:
+        return subprocess.Popen(spec.argv(settings), stdout=out, stderr=subprocess.STDOUT,
+                                env={**os.environ, "ASRQ_WARM_ENGINE": "0"})
+
+
+def _fmt_clock(t: float) -> str:
+    h, rem = divmod(t, 3600)
+    m, s = divmod(rem, 60)
+    return f"{int(h):02d}:{int(m):02d}:{s:06.3f}"
+
+
+@cli.command()
+@click.argument("files", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--format", "fmt", type=click.Choice(TRANSCRIPT_FORMATS), default="srt", show_default=True)
+@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=Path("."),
+              show_default=True, help="folder for <input stem>.<format>")
+@click.option("--engine", type=click.Choice(["whisper", "funasr"]), default=None)
+@click.option("--model", default=None, help="model folder or bundled:tiny.en")
+@click.option("--language", default=None)
+@click.option("--timeout", "timeout_s", type=float, default=3600.0, show_default=True)
+def transcribe(files: tuple[Path, ...], fmt: str, out_dir: Path, engine: str | None, model: str | None,
+               language: str | None, timeout_s: float) -> None:
+    """Transcribe FILES here and now (embedded: SQLite, local broker and folder, no servers)."""
+    from app.db.migrate import upgrade
+    from app.db.models import Job, JobState
+    from app.db.session import session_scope
+    from app.jobs import NewJob, create_job
+    from app.schemas import JobOptions
+    from app.sources import UPLOAD_SCHEME, safe_filename
+    from app.storage import get_store
+    from workers.dispatch import send_prepare
+
+    settings = get_settings()
+    upgrade(settings.database_url)
+    store = get_store()
+    options = JobOptions(engine=engine, model=model, language=language)
+    jobs: dict[uuid.UUID, Path] = {}
+    with session_scope() as s:
+        for path in files:
+            job_id = uuid.uuid4()
+            name = safe_filename(path.name)
+            store.put_file(source_key(job_id, name), path)
+            create_job(s, "local", NewJob(f"{UPLOAD_SCHEME}:{name}", name, options), settings, job_id)
+            jobs[job_id] = path
+    worker = start_local_worker(settings.home / "logs" / "worker.log")
+    try:
+        send_prepare(list(jobs))
+        deadline = time.monotonic() + timeout_s
+        while True:
+            with session_scope() as s:
+                states = {j.id: j for j in s.query(Job).filter(Job.id.in_(list(jobs)))}
+            if all(j.state.terminal for j in states.values()):
+                break
+            if worker.poll() is not None:
+                raise click.ClickException(f"the worker exited (rc={worker.returncode}); see "
+                                           f"{settings.home / 'logs' / 'worker.log'}")
+            if time.monotonic() > deadline:
+                raise click.ClickException(f"timed out after {timeout_s:.0f} s")
+            time.sleep(0.2)
+    finally:
+        worker.terminate()
+        try:
+            worker.wait(30)
+        except subprocess.TimeoutExpired:
+            worker.kill()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    failed = 0
+    for job_id, path in jobs.items():
+        job = states[job_id]
+        if job.state != JobState.COMPLETED:
+            failed += 1
+            click.echo(f"{path.name}: {job.state.value}: {job.error}", err=True)
+            continue
+        data = store.get_bytes(transcript_key(job_id, fmt))
+        dest = out_dir / f"{path.stem}.{fmt}"
+        dest.write_bytes(data)
+        doc = json.loads(store.get_bytes(transcript_key(job_id, "json")))
+        click.echo(f"# {path.name} ({doc['duration_s']:.1f} s) -> {dest}")
+        for seg in doc["segments"]:
+            click.echo(f"[{_fmt_clock(seg['start'])} --> {_fmt_clock(seg['end'])}] {seg['text']}")
+    if failed:
+        sys.exit(1)
+
+
+# --- services ----------------------------------------------------------------------------------
+
+@cli.command()
+def migrate() -> None:
+    """Create or upgrade the database schema (Alembic)."""
+    from app.db.migrate import upgrade
+
+    upgrade(get_settings().database_url)
+    click.echo("database at head")
+
+
+@cli.command()
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=8000, type=int, show_default=True)
+@click.option("--workers", "n_workers", default=1, type=int, show_default=True)
+def api(host: str, port: int, n_workers: int) -> None:
+    """Serve the HTTP API (OpenAPI docs at /docs)."""
+    import uvicorn
+
+    from app.api.auth import auth_required
+
+    settings = get_settings()
+    if not auth_required(settings) and not _is_loopback(host):
+        raise click.ClickException("refusing to serve without API keys on a non-loopback address; set ASRQ_API_KEYS")
+    _setup_logging()
+    if settings.database_url.startswith("sqlite"):
+        from app.db.migrate import upgrade
+
+        upgrade(settings.database_url)
+    uvicorn.run("app.api.main:create_app", factory=True, host=host, port=port, workers=n_workers,
+                log_level="info", access_log=False)
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+@cli.command()
+@click.option("--queues", default=",".join(CPU_QUEUES), show_default=True, help="for CPU workers")
+@click.option("--gpus", default=None, help="all | 0,1,... | cpu: one transcribe process per card")
+@click.option("--concurrency", default=None, type=int, help="CPU worker processes (default: cores)")
+@click.option("--beat", is_flag=True, help="also run the reconciler schedule (run exactly one)")
+def worker(queues: str, gpus: str | None, concurrency: int | None, beat: bool) -> None:
+    """Run workers: CPU queues (prepare, finalize, maintenance) or transcribe processes pinned to GPUs."""
+    from workers.launcher import WorkerSpec, supervise, transcribe_specs
+
+    _setup_logging()
+    settings = get_settings()
+    if gpus is not None:
+        specs = transcribe_specs(gpus, settings)
+    else:
+        names = [q.strip() for q in queues.split(",") if q.strip()]
+        unknown = set(names) - set(ALL_QUEUES)
+        if unknown:
+            raise click.ClickException(f"unknown queues: {', '.join(sorted(unknown))}")
+        specs = [WorkerSpec(f"cpu@{os.uname().nodename}", names, {}, concurrency=concurrency or os.cpu_count() or 1,
+                            beat=beat)]
+    sys.exit(supervise(specs, settings))
+
+
+@cli.group()
+def keys() -> None:
+    """API keys (stored hashed)."""
+
+
+@keys.command("add")
+@click.option("--tenant", required=True)
+def keys_add(tenant: str) -> None:
+    import secrets
+
+    from app.api.auth import hash_key
+    from app.db.models import ApiKey
+    from app.db.session import session_scope
+
+    secret = "asrq_" + secrets.token_urlsafe(32)
+    with session_scope() as s:
+        s.add(ApiKey(tenant=tenant, key_sha256=hash_key(secret)))
+    click.echo(secret)
+
+
+# --- client ------------------------------------------------------------------------------------
+
+def _client():  # noqa: ANN202
+    from app.client import AsrqClient
+
+    return AsrqClient(os.environ.get("ASRQ_API_URL", "http://127.0.0.1:8000"), os.environ.get("ASRQ_API_KEY"))
+
+
+def _expand(sources: tuple[str, ...]) -> tuple[list[Path], list[str]]:
+    files: list[Path] = []
+    uris: list[str] = []
+    for src in sources:
+        if src.startswith("s3://"):
+            uris += _list_s3(src)
+        elif "://" in src:
+            uris.append(src)
+        elif Path(src).is_dir():
+            files += sorted(p for p in Path(src).rglob("*") if p.is_file() and p.suffix.lower() in AUDIO_SUFFIXES)
+        elif Path(src).is_file():
+            files.append(Path(src))
+        else:
+            raise click.ClickException(f"no such file or folder: {src}")
+    return files, uris
+
+
+def _list_s3(prefix_uri: str) -> list[str]:
+    """s3://bucket/prefix/ -> every object under it (a key without a trailing slash names one object)."""
+    import boto3
+
+    bucket, _, prefix = prefix_uri[5:].partition("/")
+    if prefix and not prefix.endswith("/"):
+        return [prefix_uri]
+    s3 = boto3.client("s3", endpoint_url=os.environ.get("ASRQ_S3_ENDPOINT_URL") or None)
+    out = []
+    for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
+        out += [f"s3://{bucket}/{o['Key']}" for o in page.get("Contents", []) if not o["Key"].endswith("/")]
+    return out
+
+
+@cli.command()
+@click.argument("sources", nargs=-1, required=True)
+@click.option("--wait", is_flag=True, help="wait until every job has finished")
+@click.option("--engine", default=None)
+@click.option("--model", default=None)
+@click.option("--language", default=None)
+@click.option("--hotword", "hotwords", multiple=True)
+def submit(sources: tuple[str, ...], wait: bool, engine: str | None, model: str | None, language: str | None,
+           hotwords: tuple[str, ...]) -> None:
+    """Submit FILE, DIR or s3://bucket/prefix/ to the API; prints one job ID per line."""
+    from tqdm import tqdm
+
+    options = {k: v for k, v in {"engine": engine, "model": model, "language": language,
+                                 "hotwords": list(hotwords)}.items() if v}
+    files, uris = _expand(sources)
+    if not files and not uris:
+        raise click.ClickException("nothing to submit")
+    ids: list[str] = []
+    with _client() as c:
+        for path in tqdm(files, desc="upload", unit="file", disable=len(files) < 2, file=sys.stderr):
+            ids.append(c.submit_file(path, options)["id"])
+        for i in range(0, len(uris), 10_000):
+            ids += c.submit_batch(uris[i : i + 10_000], options)
+        for jid in ids:
+            click.echo(jid)
+        if wait:
+            bar = tqdm(total=len(ids), desc="jobs", unit="job", file=sys.stderr)
+            done = c.wait(ids, on_progress=lambda n: bar.update(n - bar.n))
+            bar.close()
+            failed = [j for j in done.values() if j["state"] != "COMPLETED"]
+            for j in failed:
+                click.echo(f"{j['id']} {j['state']}: {j.get('error')}", err=True)
+            if failed:
+                sys.exit(1)
+
+
+@cli.command()
+@click.argument("job_id")
+def status(job_id: str) -> None:
+    """Show a job as JSON."""
+    with _client() as c:
+        click.echo(json.dumps(c.job(job_id), indent=2))
+
+
+@cli.command()
+@click.argument("job_id")
+@click.option("--format", "fmt", type=click.Choice(TRANSCRIPT_FORMATS), default="json", show_default=True)
+@click.option("-o", "--output", type=click.Path(dir_okay=True, path_type=Path), default=None,
+              help="a file, or a folder for <input stem>.<format>")
+def get(job_id: str, fmt: str, output: Path | None) -> None:
+    """Fetch a transcript."""
+    with _client() as c:
+        data = c.transcript(job_id, fmt)
+        if output is None:
+            click.echo(data.decode("utf-8"), nl=False)
+            return
+        if output.is_dir():
+            stem = Path(c.job(job_id)["filename"]).stem or job_id
+            output = output / f"{stem}.{fmt}"
+        output.write_bytes(data)
+        click.echo(str(output), err=True)
+
+
+def main() -> None:
+    try:
+        cli()
+    except Exception as e:  # noqa: BLE001 - a client-facing tool prints errors, not tracebacks
+        from app.client import ApiError
+
+        if isinstance(e, ApiError):
+            click.echo(f"error: {e}", err=True)
+            sys.exit(2)
+        raise
+
+
+if __name__ == "__main__":
+    main()

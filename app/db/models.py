@@ -1,0 +1,168 @@
+"""Database tables: jobs, chunks, batches, API keys. Postgres is the source of truth for every job."""
+
+from __future__ import annotations
+
+import enum
+import uuid
+from datetime import datetime, timezone
+
+from sqlalchemy import (
+    JSON,
+    DateTime,
+    Enum,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+    Uuid,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+from sqlalchemy.types import TypeDecorator
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+class JobState(str, enum.Enum):
+    QUEUED = "QUEUED"
+    PREPARING = "PREPARING"
+    TRANSCRIBING = "TRANSCRIBING"
+    FINALIZING = "FINALIZING"
+    COMPLETED = "COMPLETED"
+    FAILED = "FAILED"
+    CANCELLED = "CANCELLED"
+
+    @property
+    def terminal(self) -> bool:
+        return self in TERMINAL_JOB_STATES
+
+
+TERMINAL_JOB_STATES = frozenset({JobState.COMPLETED, JobState.FAILED, JobState.CANCELLED})
+
+
+class ChunkState(str, enum.Enum):
+    PENDING = "PENDING"
+    RUNNING = "RUNNING"
+    DONE = "DONE"
+    FAILED = "FAILED"
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+def _enum(cls: type[enum.Enum]) -> Enum:
+    # stored as plain strings so adding a state is a one-line migration, not an ALTER TYPE
+    return Enum(cls, native_enum=False, length=16, validate_strings=True)
+
+
+class TZDateTime(TypeDecorator):
+    """Timezone-aware UTC datetimes on every backend (SQLite keeps no zone, so it stores naive UTC)."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value, dialect):  # noqa: ANN001, ANN201
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given; use timezone-aware UTC")
+        value = value.astimezone(timezone.utc)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value, dialect):  # noqa: ANN001, ANN201
+        if value is not None and value.tzinfo is None:
+            return value.replace(tzinfo=timezone.utc)
+        return value
+
+
+TZ = TZDateTime()
+
+
+class Job(Base):
+    __tablename__ = "jobs"
+
+    id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
+    tenant: Mapped[str] = mapped_column(String(128), index=True)
+    state: Mapped[JobState] = mapped_column(_enum(JobState), default=JobState.QUEUED)
+    source_uri: Mapped[str] = mapped_column(Text)
+    filename: Mapped[str] = mapped_column(String(255))
+    options: Mapped[dict] = mapped_column(JSON, default=dict)
+    idempotency_key: Mapped[str | None] = mapped_column(String(255))
+    params_hash: Mapped[str] = mapped_column(String(64))
+    webhook_url: Mapped[str | None] = mapped_column(Text)
+
+    duration_s: Mapped[float | None] = mapped_column(Float)
+    chunks_total: Mapped[int | None] = mapped_column(Integer)
+    chunks_done: Mapped[int] = mapped_column(Integer, default=0)
+    language: Mapped[str | None] = mapped_column(String(16))
+    prepare_attempts: Mapped[int] = mapped_column(Integer, default=0)
+    error: Mapped[str | None] = mapped_column(Text)
+
+    created_at: Mapped[datetime] = mapped_column(TZ, default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(TZ, default=utcnow, onupdate=utcnow)
+    started_at: Mapped[datetime | None] = mapped_column(TZ)
+    transcribing_at: Mapped[datetime | None] = mapped_column(TZ)
+    finished_at: Mapped[datetime | None] = mapped_column(TZ)
+
+    chunks: Mapped[list["Chunk"]] = relationship(back_populates="job", cascade="all, delete-orphan")
+
+    __table_args__ = (
+        UniqueConstraint("tenant", "idempotency_key", name="uq_jobs_tenant_idem"),
+        Index("ix_jobs_tenant_created", "tenant", "created_at", "id"),
+        Index("ix_jobs_state_updated", "state", "updated_at"),
+    )
+
+
+class Chunk(Base):
+    __tablename__ = "chunks"
+
+    id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
+    job_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"))
+    index: Mapped[int] = mapped_column(Integer)
+    start_ms: Mapped[int] = mapped_column(Integer)
+    end_ms: Mapped[int] = mapped_column(Integer)
+    state: Mapped[ChunkState] = mapped_column(_enum(ChunkState), default=ChunkState.PENDING)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    lease_until: Mapped[datetime | None] = mapped_column(TZ)
+    batch_id: Mapped[uuid.UUID | None] = mapped_column(Uuid)
+    text: Mapped[str | None] = mapped_column(Text)
+    words: Mapped[list | None] = mapped_column(JSON)  # [[start_s, end_s, word], ...] relative to chunk
+    language: Mapped[str | None] = mapped_column(String(16))
+    error: Mapped[str | None] = mapped_column(Text)
+    updated_at: Mapped[datetime] = mapped_column(TZ, default=utcnow, onupdate=utcnow)
+
+    job: Mapped[Job] = relationship(back_populates="chunks")
+
+    __table_args__ = (
+        UniqueConstraint("job_id", "index", name="uq_chunks_job_index"),
+        Index("ix_chunks_state_updated", "state", "updated_at"),
+    )
+
+
+class Batch(Base):
+    """One inference call on a transcribe worker: which chunks of which jobs went together."""
+
+    __tablename__ = "batches"
+
+    id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
+    worker: Mapped[str] = mapped_column(String(255))
+    engine: Mapped[str] = mapped_column(String(255))
+    size: Mapped[int] = mapped_column(Integer)
+    job_count: Mapped[int] = mapped_column(Integer)
+    audio_s: Mapped[float] = mapped_column(Float)
+    infer_s: Mapped[float] = mapped_column(Float)
+    created_at: Mapped[datetime] = mapped_column(TZ, default=utcnow)
+
+
+class ApiKey(Base):
+    __tablename__ = "api_keys"
+
+    id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
+    tenant: Mapped[str] = mapped_column(String(128))
+    key_sha256: Mapped[str] = mapped_column(String(64), unique=True)
+    created_at: Mapped[datetime] = mapped_column(TZ, default=utcnow)

@@ -1,0 +1,23 @@
+"""Errors split by whether a retry can help."""
+
+from __future__ import annotations
+
+
+class AsrqError(Exception):
+    """Base of every error asrq raises on purpose; the message is safe to show a user."""
+
+
+class TransientError(AsrqError):
+    """A retry can help: a service is down or busy. Retried with capped exponential backoff."""
+
+
+class PermanentError(AsrqError):
+    """A retry cannot help: bad input or a bad request. The job fails at once with this reason."""
+
+
+class BadAudio(PermanentError):
+    """The input cannot be decoded as audio."""
+
+
+class BadSource(PermanentError):
+    """The source URI is malformed, forbidden or unreachable for good."""

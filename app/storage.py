@@ -1,0 +1,222 @@
+"""Object storage behind one small interface: S3-compatible (boto3) or a local folder.
+
+Keys are relative paths built by ``app.constants``; both backends refuse keys that could escape
+their root (``..``, absolute paths, control characters).
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import re
+import shutil
+import tempfile
+from abc import ABC, abstractmethod
+from pathlib import Path
+from typing import BinaryIO
+from urllib.parse import urlparse
+
+from app.errors import PermanentError, TransientError
+from app.settings import Settings, get_settings
+
+_BAD_KEY = re.compile(r"[\x00-\x1f\x7f\\]")
+
+
+def check_key(key: str) -> str:
+    if not key or key.startswith("/") or _BAD_KEY.search(key) or ".." in key.split("/"):
+        raise PermanentError(f"invalid object key {key!r}")
+    return key
+
+
+class ObjectNotFound(PermanentError):
+    pass
+
+
+class ObjectStore(ABC):
+    @abstractmethod
+    def put_file(self, key: str, path: Path, content_type: str | None = None) -> None: ...
+
+    @abstractmethod
+    def put_stream(self, key: str, stream: BinaryIO, content_type: str | None = None) -> None: ...
+
+    @abstractmethod
+    def get_range(self, key: str, start: int, end: int) -> bytes:
+        """Bytes [start, end) of an object."""
+
+    @abstractmethod
+    def download(self, key: str, dest: Path) -> None: ...
+
+    @abstractmethod
+    def size(self, key: str) -> int: ...
+
+    @abstractmethod
+    def delete_prefix(self, prefix: str) -> int: ...
+
+    @abstractmethod
+    def ping(self) -> None: ...
+
+    def put_bytes(self, key: str, data: bytes, content_type: str | None = None) -> None:
+        with tempfile.SpooledTemporaryFile(max_size=8 * 1024 * 1024) as f:
+            f.write(data)
+            f.seek(0)
+            self.put_stream(key, f, content_type)
+
+    def get_bytes(self, key: str) -> bytes:
+        return self.get_range(key, 0, self.size(key))
+
+    def presign(self, key: str, expiry_s: int) -> str | None:
+        """A time-limited direct link, where the backend has such a thing."""
+        return None
+
+
+class LocalStore(ObjectStore):
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        root.mkdir(parents=True, exist_ok=True)
+
+    def _path(self, key: str) -> Path:
+        return self.root / check_key(key)
+
+    def put_file(self, key: str, path: Path, content_type: str | None = None) -> None:
+        with open(path, "rb") as f:
+            self.put_stream(key, f, content_type)
+
+    def put_stream(self, key: str, stream: BinaryIO, content_type: str | None = None) -> None:
+        dest = self._path(key)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        # write-then-rename: a reader never sees half an object, a rewrite is atomic
+        fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=".part-")
+        with os.fdopen(fd, "wb") as out:
+            shutil.copyfileobj(stream, out, 1024 * 1024)
+        os.replace(tmp, dest)
+
+    def get_range(self, key: str, start: int, end: int) -> bytes:
+        try:
+            with open(self._path(key), "rb") as f:
+                f.seek(start)
+                return f.read(max(0, end - start))
+        except FileNotFoundError as e:
+            raise ObjectNotFound(f"object {key} not found") from e
+
+    def download(self, key: str, dest: Path) -> None:
+        try:
+            shutil.copyfile(self._path(key), dest)
+        except FileNotFoundError as e:
+            raise ObjectNotFound(f"object {key} not found") from e
+
+    def size(self, key: str) -> int:
+        try:
+            return self._path(key).stat().st_size
+        except FileNotFoundError as e:
+            raise ObjectNotFound(f"object {key} not found") from e
+
+    def delete_prefix(self, prefix: str) -> int:
+        target = self._path(prefix.rstrip("/"))
+        if target.is_dir():
+            n = sum(1 for p in target.rglob("*") if p.is_file())
+            shutil.rmtree(target, ignore_errors=True)
+            return n
+        if target.is_file():
+            target.unlink()
+            return 1
+        return 0
+
+    def ping(self) -> None:
+        if not self.root.is_dir():
+            raise TransientError(f"storage folder {self.root} is missing")
+
+
+class S3Store(ObjectStore):
+    def __init__(self, bucket: str, prefix: str, endpoint_url: str | None, region: str) -> None:
+        import boto3
+        from botocore.config import Config
+
+        self.bucket = bucket
+        self.prefix = prefix.strip("/") + "/" if prefix.strip("/") else ""
+        self.client = boto3.client(
+            "s3",
+            endpoint_url=endpoint_url,
+            region_name=region,
+            config=Config(
+                retries={"max_attempts": 5, "mode": "standard"},
+                connect_timeout=5,
+                read_timeout=60,
+                s3={"addressing_style": "path"},
+            ),
+        )
+
+    def _key(self, key: str) -> str:
+        return self.prefix + check_key(key)
+
+    def _call(self, fn, *args, **kwargs):  # noqa: ANN001, ANN202
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        try:
+            return fn(*args, **kwargs)
+        except ClientError as e:
+            code = e.response.get("Error", {}).get("Code", "")
+            if code in ("NoSuchKey", "404", "NotFound"):
+                raise ObjectNotFound(f"object not found in s3://{self.bucket}") from e
+            if code in ("NoSuchBucket", "AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch"):
+                raise PermanentError(f"storage refused the request: {code}") from e
+            raise TransientError(f"storage error: {code or e}") from e
+        except BotoCoreError as e:
+            raise TransientError(f"storage unreachable: {type(e).__name__}") from e
+
+    def put_file(self, key: str, path: Path, content_type: str | None = None) -> None:
+        extra = {"ContentType": content_type} if content_type else None
+        self._call(self.client.upload_file, str(path), self.bucket, self._key(key), ExtraArgs=extra)
+
+    def put_stream(self, key: str, stream: BinaryIO, content_type: str | None = None) -> None:
+        extra = {"ContentType": content_type} if content_type else None
+        # upload_fileobj streams in multipart parts: a large upload never sits whole in memory
+        self._call(self.client.upload_fileobj, stream, self.bucket, self._key(key), ExtraArgs=extra)
+
+    def get_range(self, key: str, start: int, end: int) -> bytes:
+        if end <= start:
+            return b""
+        resp = self._call(
+            self.client.get_object, Bucket=self.bucket, Key=self._key(key), Range=f"bytes={start}-{end - 1}"
+        )
+        return self._call(resp["Body"].read)
+
+    def download(self, key: str, dest: Path) -> None:
+        self._call(self.client.download_file, self.bucket, self._key(key), str(dest))
+
+    def size(self, key: str) -> int:
+        return int(self._call(self.client.head_object, Bucket=self.bucket, Key=self._key(key))["ContentLength"])
+
+    def delete_prefix(self, prefix: str) -> int:
+        n = 0
+        paginator = self.client.get_paginator("list_objects_v2")
+        for page in self._call(lambda: list(paginator.paginate(Bucket=self.bucket, Prefix=self._key(prefix)))):
+            keys = [{"Key": o["Key"]} for o in page.get("Contents", [])]
+            if keys:
+                self._call(self.client.delete_objects, Bucket=self.bucket, Delete={"Objects": keys})
+                n += len(keys)
+        return n
+
+    def ping(self) -> None:
+        self._call(self.client.head_bucket, Bucket=self.bucket)
+
+    def presign(self, key: str, expiry_s: int) -> str | None:
+        return self.client.generate_presigned_url(
+            "get_object", Params={"Bucket": self.bucket, "Key": self._key(key)}, ExpiresIn=expiry_s
+        )
+
+
+def store_from_url(url: str, settings: Settings) -> ObjectStore:
+    parsed = urlparse(url)
+    if parsed.scheme == "file":
+        return LocalStore(Path(parsed.path))
+    endpoint = str(settings.s3_endpoint_url) if settings.s3_endpoint_url else None
+    return S3Store(parsed.netloc, parsed.path, endpoint, settings.s3_region)
+
+
+@functools.lru_cache(maxsize=4)
+def _store(url: str) -> ObjectStore:
+    return store_from_url(url, get_settings())
+
+
+def get_store() -> ObjectStore:
+    return _store(get_settings().storage_url)

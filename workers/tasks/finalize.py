@@ -1,0 +1,62 @@
+"""finalize: chunk results -> one transcript in every format -> COMPLETED (+ webhook). Idempotent."""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections import Counter
+
+from sqlalchemy import select
+
+from app.constants import TASK_FINALIZE, transcript_key
+from app.db.models import Chunk, ChunkState, Job, JobState
+from app.db.session import session_scope
+from app.settings import get_settings
+from app.storage import get_store
+from workers.celery_app import app
+from workers.engines.base import Word
+from workers.formats import CONTENT_TYPES, render
+from workers.merge import ChunkResult, MergeOptions, merge
+from workers.state import complete_job
+from workers.tasks.policy import run_job_step
+from workers.webhooks import notify
+
+log = logging.getLogger("asrq.finalize")
+
+
+@app.task(name=TASK_FINALIZE, bind=True)
+def finalize(self, job_id: str) -> None:  # noqa: ANN001
+    run_job_step(self, job_id, finalize_job, "finalizing the transcript")
+
+
+def is_cjk(text: str) -> bool:
+    letters = [c for c in text if c.isalpha()]
+    cjk = sum(1 for c in letters if "\u3040" <= c <= "\u30ff" or "\u3400" <= c <= "\u9fff")
+    return bool(letters) and cjk / len(letters) > 0.5
+
+
+def finalize_job(job_id: uuid.UUID) -> None:
+    with session_scope() as s:
+        job = s.get(Job, job_id)
+        if job is None or job.state != JobState.FINALIZING:
+            return  # finished, failed or cancelled meanwhile: a repeat delivery has nothing to do
+        rows = s.scalars(select(Chunk).where(Chunk.job_id == job_id, Chunk.state == ChunkState.DONE)
+                         .order_by(Chunk.index)).all()
+        chunks = [
+            ChunkResult(c.index, c.start_ms, c.end_ms, c.text or "", [Word(*w) for w in (c.words or [])])
+            for c in rows
+        ]
+        langs = Counter(c.language for c in rows if c.language)
+        language = job.options.get("language") or (langs.most_common(1)[0][0] if langs else None)
+        duration_s, formats = job.duration_s or 0.0, job.options.get("formats") or ["json"]
+    all_text = " ".join(c.text for c in chunks)
+    transcript = merge(str(job_id), chunks, duration_s, language, MergeOptions(char_level=is_cjk(all_text)))
+    store = get_store()
+    # every format is written on every run: a repeated finalize rewrites identical objects
+    for fmt in sorted(set(formats) | {"json"}):
+        store.put_bytes(transcript_key(job_id, fmt), render(transcript, fmt).encode("utf-8"), CONTENT_TYPES[fmt])
+    with session_scope() as s:
+        moved = complete_job(s, job_id, language)
+        webhook = s.get(Job, job_id).webhook_url if moved else None
+    if webhook:
+        notify(webhook, {"job_id": str(job_id), "state": JobState.COMPLETED.value}, get_settings())

@@ -1,0 +1,75 @@
+"""prepare: source -> 16 kHz PCM object -> speech segments -> chunk rows -> transcribe messages."""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import BinaryIO
+
+from app.constants import PCM_BYTES_PER_SAMPLE, PCM_SAMPLE_RATE, TASK_PREPARE, pcm_key
+from app.db.session import session_scope
+from app.settings import get_settings
+from app.storage import get_store
+from workers.audio import decode_to_pcm, pcm_to_float
+from workers.celery_app import app
+from workers.chunking import ChunkingOptions, plan_chunks
+from workers.dispatch import send_finalize, send_transcribe, try_send
+from workers.engines.registry import MAX_CHUNK_S
+from workers.fetch import fetch_source
+from workers.state import begin_prepare, save_plan
+from workers.tasks.policy import run_job_step
+from workers.vad import speech_segments
+
+log = logging.getLogger("asrq.prepare")
+
+MAX_DURATION_S = 12 * 3600.0
+
+
+@app.task(name=TASK_PREPARE, bind=True)
+def prepare(self, job_id: str) -> None:  # noqa: ANN001
+    run_job_step(self, job_id, prepare_job, "preparing the audio")
+
+
+def pcm_windows(f: BinaryIO, window_s: float) -> Iterator:
+    block = int(window_s * PCM_SAMPLE_RATE) * PCM_BYTES_PER_SAMPLE
+    while data := f.read(block):
+        yield pcm_to_float(data)
+
+
+def prepare_job(job_id: uuid.UUID) -> None:
+    settings = get_settings()
+    store = get_store()
+    with session_scope() as s:
+        job = begin_prepare(s, job_id, settings.max_attempts)
+        if job is None:
+            return
+        source_uri, filename, options = job.source_uri, job.filename, dict(job.options)
+    t0 = time.monotonic()
+    with tempfile.TemporaryDirectory(prefix="asrq-prepare-") as tmp:
+        src = fetch_source(job_id, source_uri, filename, store, settings, Path(tmp) / "source")
+        pcm = Path(tmp) / "audio.s16le"
+        with open(pcm, "wb") as out:
+            info = decode_to_pcm(src, out, MAX_DURATION_S)
+        src.unlink()  # keep only one copy of a long recording on local disk
+        store.put_file(pcm_key(job_id), pcm, "application/octet-stream")
+        with open(pcm, "rb") as f:
+            segments = speech_segments(pcm_windows(f, settings.vad_window_s), settings.vad_max_end_silence_ms)
+    max_chunk_s = min(settings.max_chunk_s, MAX_CHUNK_S.get(options.get("engine", ""), settings.max_chunk_s))
+    plans = plan_chunks(
+        segments,
+        int(info.duration_s * 1000),
+        ChunkingOptions(max_chunk_ms=int(max_chunk_s * 1000), overlap_ms=int(settings.hard_cut_overlap_s * 1000)),
+    )
+    log.info("job=%s decoded %.1f s (%s/%s %d Hz %d ch), %d speech segments, %d chunks in %.2f s", job_id,
+             info.duration_s, info.container, info.codec, info.source_rate, info.source_channels, len(segments),
+             len(plans), time.monotonic() - t0)
+    with session_scope() as s:
+        chunk_ids = save_plan(s, job_id, plans, info.duration_s)
+    if chunk_ids:
+        try_send(send_transcribe, chunk_ids)
+    elif not plans:
+        try_send(send_finalize, [job_id])  # no speech: an empty transcript, still COMPLETED

@@ -1,0 +1,157 @@
+"""transcribe: a batch of chunk messages from many jobs -> batched inference -> chunk results.
+
+celery-batches hands this task every chunk message that arrived within the flush interval (up to
+``batch_max_requests``). It acks them all when the task returns, whatever happened, so this task
+records every chunk's outcome itself: done, given back and re-sent, or failed with its job.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import time
+import uuid
+from concurrent.futures import Future, ThreadPoolExecutor
+
+import numpy as np
+from celery_batches import Batches
+from sqlalchemy import select
+
+from app.constants import TASK_TRANSCRIBE, pcm_key
+from app.db.models import Job
+from app.db.session import session_scope
+from app.errors import PermanentError
+from app.settings import get_settings
+from app.storage import ObjectNotFound, get_store
+from workers import faults
+from workers.audio import ms_to_byte, pcm_to_float
+from workers.batching import group_by, plan_batches, run_splitting_on_oom
+from workers.celery_app import app
+from workers.dispatch import send_finalize, send_transcribe, try_send
+from workers.engines.base import DecodeOptions, EngineOutOfMemory
+from workers.engines.registry import get_engine
+from workers.state import ChunkWork, claim_chunks, fail_chunks, record_batch, release_chunks, save_results
+from workers.tasks.policy import TRANSIENT, backoff_s
+
+log = logging.getLogger("asrq.transcribe")
+_settings = get_settings()
+
+
+@app.task(name=TASK_TRANSCRIBE, base=Batches, flush_every=_settings.batch_max_requests,
+          flush_interval=_settings.batch_flush_interval_s, acks_late=True)
+def transcribe(requests) -> None:  # noqa: ANN001
+    chunk_ids = [r.args[0] for r in requests if r.args]
+    worker = (requests[0].hostname if requests else None) or socket.gethostname()
+    try:
+        process_chunks(chunk_ids, worker)
+    except TRANSIENT as e:
+        # could not even claim or record (database or storage down): send the messages again later
+        log.warning("transcribe of %d chunks deferred: %s", len(chunk_ids), type(e).__name__)
+        try_send(lambda ids: send_transcribe(ids, countdown=backoff_s(3)), chunk_ids)
+    except Exception:  # noqa: BLE001 - the batch is acked whatever happens; the reconciler re-sends
+        log.exception("transcribe batch of %d chunks failed", len(chunk_ids))
+
+
+def _options_key(w: ChunkWork) -> tuple:
+    o = w.options
+    return (o.get("engine"), o.get("model"), o.get("language"), tuple(o.get("hotwords") or ()))
+
+
+def process_chunks(chunk_ids: list[str], worker: str) -> None:
+    settings = get_settings()
+    with session_scope() as s:
+        claimed, exhausted = claim_chunks(s, [uuid.UUID(c) for c in chunk_ids], settings.chunk_lease_s,
+                                          settings.max_attempts)
+        if exhausted:
+            fail_chunks(s, exhausted, f"gave up after {settings.max_attempts} attempts (the worker kept dying "
+                                      "or timing out on this audio)")
+    if not claimed:
+        return
+    names = _filenames({w.job_id for w in claimed})
+    faults.crash_if_poisoned([names.get(w.job_id, "") for w in claimed])
+    batches = [
+        b
+        for group in group_by(claimed, _options_key)
+        for b in plan_batches(group, lambda w: w.duration_s, settings.batch_audio_s, settings.batch_max_requests)
+    ]
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="asrq-fetch") as pool:
+        # fetch the next batch's audio while the current one runs on the accelerator
+        pending: Future = pool.submit(_read_audio, batches[0])
+        for n, batch in enumerate(batches):
+            audios = pending.result()
+            if n + 1 < len(batches):
+                pending = pool.submit(_read_audio, batches[n + 1])
+            _run_batch(batch, audios, worker)
+
+
+def _filenames(job_ids: set[uuid.UUID]) -> dict[uuid.UUID, str]:
+    with session_scope() as s:
+        return dict(s.execute(select(Job.id, Job.filename).where(Job.id.in_(job_ids))).all())
+
+
+def _read_one(w: ChunkWork) -> np.ndarray | Exception:
+    try:
+        return pcm_to_float(get_store().get_range(pcm_key(w.job_id), ms_to_byte(w.start_ms), ms_to_byte(w.end_ms)))
+    except Exception as e:  # noqa: BLE001 - returned and handled per chunk by the caller
+        return e
+
+
+def _read_audio(batch: list[ChunkWork]) -> list[np.ndarray | Exception]:
+    return [_read_one(w) for w in batch]
+
+
+def _run_batch(batch: list[ChunkWork], audios: list[np.ndarray | Exception], worker: str) -> None:
+    settings = get_settings()
+    ok = [(w, a) for w, a in zip(batch, audios) if not isinstance(a, Exception)]
+    missing = [w for w, a in zip(batch, audios) if isinstance(a, ObjectNotFound)]
+    unreadable = [w for w, a in zip(batch, audios) if isinstance(a, Exception) and not isinstance(a, ObjectNotFound)]
+    with session_scope() as s:
+        if missing:
+            fail_chunks(s, missing, "the prepared audio is missing from storage")
+        if unreadable:
+            release_chunks(s, unreadable, "storage read failed")
+    if unreadable:
+        try_send(lambda ids: send_transcribe(ids, countdown=backoff_s(2)), [w.chunk_id for w in unreadable])
+    if not ok:
+        return
+    o = ok[0][0].options
+    engine = get_engine(o["engine"], o["model"])
+    options = DecodeOptions(language=o.get("language"), hotwords=tuple(o.get("hotwords") or ()))
+
+    def infer(pairs: list[tuple[ChunkWork, np.ndarray]]) -> list:
+        faults.oom_if_too_big(len(pairs))
+        t0 = time.monotonic()
+        texts = engine.transcribe_batch([a for _, a in pairs], options)
+        _store_results([w for w, _ in pairs], texts, time.monotonic() - t0, worker, str(engine.spec))
+        return texts
+
+    try:
+        run_splitting_on_oom(infer, ok, lambda e: isinstance(e, EngineOutOfMemory))
+    except Exception as e:  # noqa: BLE001
+        if len(ok) > 1:
+            # one bad chunk must not sink its batch-mates: retry each alone to isolate it
+            log.warning("batch of %d failed (%s); retrying chunks one by one", len(ok), type(e).__name__)
+            for pair in ok:
+                _run_batch([pair[0]], [pair[1]], worker)
+            return
+        w = ok[0][0]
+        reason = str(e) if isinstance(e, PermanentError) else f"inference failed: {type(e).__name__}"
+        log.warning("job=%s chunk=%d attempt %d failed: %s", w.job_id, w.index, w.attempts, reason)
+        with session_scope() as s:
+            if w.attempts >= settings.max_attempts or isinstance(e, PermanentError):
+                fail_chunks(s, [w], reason)
+                return
+            release_chunks(s, [w], reason)
+        try_send(lambda ids: send_transcribe(ids, countdown=backoff_s(w.attempts)), [w.chunk_id])
+
+
+def _store_results(work: list[ChunkWork], texts: list, infer_s: float, worker: str, engine: str) -> None:
+    with session_scope() as s:
+        batch_id = record_batch(s, worker, engine, work, infer_s)
+        finished = save_results(
+            s, batch_id,
+            [(w, t.text, [[x.start_s, x.end_s, x.word] for x in t.words], t.language) for w, t in zip(work, texts)],
+        )
+    log.info("batch=%s worker=%s chunks=%d jobs=%d audio_s=%.1f infer_s=%.2f", batch_id, worker, len(work),
+             len({w.job_id for w in work}), sum(w.duration_s for w in work), infer_s)
+    try_send(send_finalize, finished)
