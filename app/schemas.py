@@ -37,8 +37,10 @@ class JobOptions(BaseModel):
     @field_validator("model")
     @classmethod
     def _safe_model(cls, v: str | None) -> str | None:
-        if v is not None and (".." in v.split("/") or any(ord(c) < 32 for c in v)):
-            raise ValueError("model must be a model name or a folder name without '..'")
+        # a client names a model the operator installed (bundled:…, or a folder under ASRQ_MODELS_DIR);
+        # it never points a worker at an arbitrary path
+        if v is not None and (v.startswith(("/", "~")) or ".." in v.split("/") or any(ord(c) < 32 for c in v)):
+            raise ValueError("model must be a bundled model or a folder name under the models directory")
         return v
 
 

@@ -29,7 +29,11 @@ def validate_source_uri(uri: str, settings: Settings) -> str:
     """Check a client-given source URI; raise BadSource with a reason a client can act on."""
     if any(ord(c) < 32 for c in uri):
         raise BadSource("source_uri contains control characters")
-    parsed = urlparse(uri)
+    try:
+        parsed = urlparse(uri)
+        port = parsed.port  # raises on a port out of range or not a number
+    except ValueError as e:
+        raise BadSource(f"malformed source_uri: {e}") from e
     scheme = parsed.scheme.lower()
     if scheme not in ALLOWED_SCHEMES:
         raise BadSource(f"unsupported source_uri scheme {scheme or '(none)'!r}; use s3:// or https://")
@@ -43,7 +47,7 @@ def validate_source_uri(uri: str, settings: Settings) -> str:
             raise BadSource("plain http:// sources are refused; use https://")
         if not parsed.hostname:
             raise BadSource("source_uri has no host")
-        check_public_host(parsed.hostname, parsed.port or (443 if scheme == "https" else 80), settings)
+        check_public_host(parsed.hostname, port or (443 if scheme == "https" else 80), settings)
     elif scheme == "file" and not settings.allow_file_sources:
         raise BadSource("file:// sources are disabled on this server")
     return uri
@@ -55,7 +59,7 @@ def check_public_host(host: str, port: int, settings: Settings) -> None:
         return
     try:
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-    except socket.gaierror as e:
+    except (socket.gaierror, UnicodeError) as e:  # UnicodeError: a name IDNA cannot encode (empty/long label)
         raise BadSource(f"cannot resolve source host {host!r}") from e
     for info in infos:
         ip = ipaddress.ip_address(info[4][0].split("%")[0])

@@ -31,8 +31,8 @@ RUN apt-get update \
  && groupadd --system --gid 10001 asrq \
  && useradd --system --uid 10001 --gid 10001 --create-home --home-dir /home/asrq \
         --shell /usr/sbin/nologin asrq \
- && mkdir -p /models \
- && chown 10001:10001 /models \
+ && mkdir -p /models /home/asrq/.asrq \
+ && chown 10001:10001 /models /home/asrq/.asrq \
  && python -m venv "$VIRTUAL_ENV"
 
 # 1) torch first, from the CPU index. pyproject pins torch==2.13.0, which 2.13.0+cpu satisfies,
@@ -61,7 +61,9 @@ RUN pip install /tmp/asrq-src \
 
 USER 10001:10001
 WORKDIR /home/asrq
-ENV HOME=/home/asrq
+# ASRQ_HOME holds the beat schedule file (celerybeat-schedule); it must exist and be writable.
+ENV HOME=/home/asrq \
+    ASRQ_HOME=/home/asrq/.asrq
 
 EXPOSE 8000
 ENTRYPOINT ["/usr/bin/tini", "--"]

@@ -8,8 +8,10 @@
 # Which CUDA libraries come from where:
 #   * torch==2.13.0 from PyPI (the default CUDA wheel) brings its own CUDA 13 runtime, cuBLAS and
 #     cuDNN as pip packages (nvidia-*-cu13). CUDA 13 needs an NVIDIA driver >= 580 on the host.
-#   * CTranslate2 4.8.5 (faster-whisper) dlopens the system libcublas.so.12 / libcudnn.so.9;
-#     the CUDA 12.8 + cuDNN 9 runtime base image supplies them.
+#   * CTranslate2 4.8.5 (faster-whisper) links the CUDA 12 runtime statically and dlopens the
+#     system libcublas.so.12, which the CUDA 12.8 runtime base image supplies. (Its wheel names
+#     no cuDNN library; the base's cuDNN 9 is there for anything that wants the system one.)
+#     libcublas.so.12 and torch's libcublas.so.13 have different sonames and can share a process.
 #   Both engines on a GPU were NOT exercised in this image; see deploy/README.md.
 #
 # Ubuntu 22.04 ships Python 3.10; the project requires 3.11, taken from the deadsnakes PPA.
@@ -35,8 +37,8 @@ RUN apt-get update \
  && groupadd --system --gid 10001 asrq \
  && useradd --system --uid 10001 --gid 10001 --create-home --home-dir /home/asrq \
         --shell /usr/sbin/nologin asrq \
- && mkdir -p /models \
- && chown 10001:10001 /models \
+ && mkdir -p /models /home/asrq/.asrq \
+ && chown 10001:10001 /models /home/asrq/.asrq \
  && python3.11 -m venv "$VIRTUAL_ENV"
 
 # 1) torch first: the default (CUDA) wheel from PyPI.
@@ -63,6 +65,7 @@ RUN pip install /tmp/asrq-src \
 USER 10001:10001
 WORKDIR /home/asrq
 ENV HOME=/home/asrq \
+    ASRQ_HOME=/home/asrq/.asrq \
     ASRQ_DEVICE=cuda \
     ASRQ_MODELS_DIR=/models
 

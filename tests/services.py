@@ -183,6 +183,7 @@ def base_env(db_url: str, broker_url: str, storage_url: str, s3_endpoint: str, t
     env = {k: v for k, v in os.environ.items() if not k.startswith("ASRQ_")}
     env.update({
         "ASRQ_HOME": str(tmp / "home"),
+        "ASRQ_MODELS_DIR": str(tmp / "models"),
         "ASRQ_DATABASE_URL": db_url,
         "ASRQ_BROKER_URL": broker_url,
         "ASRQ_STORAGE_URL": storage_url,

@@ -41,6 +41,8 @@ def halves(items: list[T]) -> tuple[list[T], list[T]]:
 
 def run_splitting_on_oom(infer: Callable[[list[T]], list], items: list[T], is_oom: Callable[[Exception], bool]) -> list:
     """Run ``infer`` on items; on out-of-memory, halve the batch and run both halves (never below one)."""
+    if not items:
+        return []
     try:
         return infer(items)
     except Exception as e:

@@ -41,6 +41,7 @@ class WorkerSpec:
         else:
             args += ["-E"]
         if self.beat:
+            settings.home.mkdir(parents=True, exist_ok=True)  # beat keeps its schedule file there
             args += ["--beat", "-s", str(settings.home / "celerybeat-schedule")]
         return args
 

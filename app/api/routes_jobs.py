@@ -107,6 +107,11 @@ async def submit_job(
         raise _validation_422(e) from e
     except json.JSONDecodeError as e:
         raise HTTPException(422, "the 'options' form field is not valid JSON") from e
+    except BaseException:
+        # refused after the upload was stored (empty file, bad webhook_url): no job will ever own it
+        if uploaded_key:
+            await run_in_threadpool(get_store().delete_prefix, f"jobs/{job_id}/")
+        raise
 
     def _create() -> tuple[JobOut, bool]:
         with request.app.state.sessions() as s:

@@ -50,6 +50,21 @@ def transcribe(requests) -> None:  # noqa: ANN001
         try_send(lambda ids: send_transcribe(ids, countdown=backoff_s(3)), chunk_ids)
     except Exception:  # noqa: BLE001 - the batch is acked whatever happens; the reconciler re-sends
         log.exception("transcribe batch of %d chunks failed", len(chunk_ids))
+    _report_to_monitors(requests, worker)
+
+
+def _report_to_monitors(requests, worker: str) -> None:  # noqa: ANN001
+    """celery-batches runs one task for many messages and sends no per-message events, so Flower would
+    show every chunk task as pending forever. Send what a plain task would: one task-succeeded each
+    (the chunk's own outcome lives in the database; the message itself was handled)."""
+    if not app.conf.worker_send_task_events or not requests:
+        return
+    try:
+        with app.events.default_dispatcher(hostname=worker) as dispatcher:
+            for r in requests:
+                dispatcher.send("task-succeeded", uuid=r.id, result="None", runtime=0.0)
+    except Exception as e:  # noqa: BLE001 - monitoring must never fail the work
+        log.debug("task events not sent: %s", e)
 
 
 def _options_key(w: ChunkWork) -> tuple:
