@@ -184,7 +184,8 @@ def worker(queues: str, gpus: str | None, concurrency: int | None, beat: bool) -
         unknown = set(names) - set(ALL_QUEUES)
         if unknown:
             raise click.ClickException(f"unknown queues: {', '.join(sorted(unknown))}")
-        specs = [WorkerSpec(f"cpu@{os.uname().nodename}", names, {}, concurrency=concurrency or os.cpu_count() or 1,
+        warm = {"ASRQ_WARM_VAD": "1"} if "prepare" in names else {}
+        specs = [WorkerSpec(f"cpu@{os.uname().nodename}", names, warm, concurrency=concurrency or os.cpu_count() or 1,
                             beat=beat)]
     sys.exit(supervise(specs, settings))
 

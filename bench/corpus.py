@@ -9,6 +9,7 @@ chunking code and options), for the engine-limit measurement.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import random
@@ -46,6 +47,7 @@ class CorpusSpec:
     n_short: int
     long_s: tuple[float, ...]
     seed: int = 20251121
+    version: int = 2  # bump when the generator changes, so cached audio is rebuilt
 
 
 QUICK = CorpusSpec("quick", 20, (180.0,))
@@ -109,21 +111,31 @@ class Speech:
 
 
 def write_long(path: Path, duration_s: float, seed: int, speech: Speech) -> str:
-    """Write a FLAC of about ``duration_s`` built piece by piece (never whole in memory); return its text."""
+    """Write a FLAC of ``duration_s`` built piece by piece (never whole in memory); return its text."""
     rng = random.Random(seed)
     noise = np.random.default_rng(seed)
+    total = int(duration_s * SR)
     words: list[str] = []
     written = 0
     with sf.SoundFile(str(path), "w", SR, 1, "PCM_16", format="FLAC") as out:
+
+        def silence(n: int) -> None:
+            # a faint noise floor rather than digital silence, as in a real room
+            out.write(noise.normal(0.0, 0.002, n).astype(np.float32))
+
         for audio, text, pause in speech.pieces(rng):
-            if written + len(audio) > duration_s * SR:
+            left = total - written
+            if left < 4 * SR:
                 break
+            if len(audio) > left:
+                continue  # too long for what is left: draw another piece
             gain = 10 ** (rng.uniform(-6.0, 0.0) / 20)
             out.write(np.clip(audio * gain, -1, 1))
-            # a faint noise floor rather than digital silence, as in a real room
-            out.write(noise.normal(0.0, 0.002, int(pause * SR)).astype(np.float32))
-            written += len(audio) + int(pause * SR)
+            gap = min(int(pause * SR), left - len(audio))
+            silence(gap)
+            written += len(audio) + gap
             words.append(text)
+        silence(total - written)
     return " ".join(words)
 
 
@@ -132,38 +144,79 @@ def write_short(src: Path, dest: Path, rate: int, gain_db: float) -> None:
                    check=True, capture_output=True)
 
 
-def plan_item(path: Path) -> list[tuple[int, int]]:
-    """The chunk plan prepare makes for this file: same decoder, VAD windows, chunking options."""
+def chunking_options(engine: str = "whisper"):  # noqa: ANN201
+    """(ChunkingOptions, VAD window s, VAD end silence ms) exactly as prepare derives them for this engine."""
     from app.settings import Settings
-    from workers.audio import decode_to_pcm, pcm_to_float
-    from workers.chunking import ChunkingOptions, plan_chunks
+    from workers.chunking import ChunkingOptions
     from workers.engines.registry import MAX_CHUNK_S
-    from workers.vad import speech_segments
 
     s = Settings()
+    max_chunk_s = min(s.max_chunk_s, MAX_CHUNK_S.get(engine, s.max_chunk_s))
+    opts = ChunkingOptions(max_chunk_ms=int(max_chunk_s * 1000), overlap_ms=int(s.hard_cut_overlap_s * 1000))
+    return opts, s.vad_window_s, s.vad_max_end_silence_ms
+
+
+def plan_key(engine: str) -> str:
+    """Changes whenever the chunk plans could: options, or the VAD/chunking code itself."""
+    opts, window_s, silence_ms = chunking_options(engine)
+    h = hashlib.sha1(repr((asdict(opts), window_s, silence_ms)).encode())
+    for f in ("workers/chunking.py", "workers/vad.py", "workers/audio.py"):
+        h.update((ROOT / f).read_bytes())
+    return h.hexdigest()
+
+
+def plan_item(path: Path, engine: str = "whisper") -> list[tuple[int, int]]:
+    """The chunk plan prepare makes for this file: same decoder, VAD windows, chunking options."""
+    from workers.audio import decode_to_pcm, pcm_to_float
+    from workers.chunking import plan_chunks
+    from workers.vad import speech_segments
+
+    opts, window_s, silence_ms = chunking_options(engine)
     with tempfile.TemporaryFile() as f:
         info = decode_to_pcm(path, f)
         f.seek(0)
-        block = int(s.vad_window_s * SR) * 2
+        block = int(window_s * SR) * 2
 
         def windows():  # noqa: ANN202
             while data := f.read(block):
                 yield pcm_to_float(data)
 
-        segments = speech_segments(windows(), s.vad_max_end_silence_ms)
-    max_chunk_s = min(s.max_chunk_s, MAX_CHUNK_S["whisper"])
-    plans = plan_chunks(segments, int(info.duration_s * 1000),
-                        ChunkingOptions(max_chunk_ms=int(max_chunk_s * 1000), overlap_ms=int(s.hard_cut_overlap_s * 1000)))
-    return [(p.start_ms, p.end_ms) for p in plans]
+        segments = speech_segments(windows(), silence_ms)
+    return [(p.start_ms, p.end_ms) for p in plan_chunks(segments, int(info.duration_s * 1000), opts)]
 
 
-def build(spec: CorpusSpec, log=print) -> list[Item]:  # noqa: ANN001
+def build(spec: CorpusSpec, log=print, engine: str = "whisper") -> list[Item]:  # noqa: ANN001
+    """The corpus of this spec with current chunk plans for ``engine`` (prepare cuts per engine);
+    audio and plans are each rebuilt only when stale."""
     folder = WORK / f"corpus-{spec.name}"
-    manifest = folder / "manifest.json"
+    manifest, plans_file = folder / "manifest.json", folder / f"plans-{engine}.json"
+    spec_doc = json.loads(json.dumps(asdict(spec)))
+    items = None
     if manifest.exists():
         doc = json.loads(manifest.read_text())
-        if doc.get("spec") == json.loads(json.dumps(asdict(spec))):
-            return [Item(**{**i, "chunks": [tuple(c) for c in i["chunks"]]}) for i in doc["items"]]
+        if doc.get("spec") == spec_doc:
+            items = [Item(**i) for i in doc["items"]]
+    if items is None:
+        items = _build_audio(spec, folder, log)
+        manifest.write_text(json.dumps({"spec": spec_doc, "items": [asdict(i) for i in items]}, indent=1))
+        for old in folder.glob("plans-*.json"):
+            old.unlink()
+    key = plan_key(engine)
+    plans = json.loads(plans_file.read_text()) if plans_file.exists() else {}
+    if plans.get("key") != key:
+        from bench.measure import run_child
+
+        log(f"planning chunks (FSMN-VAD + plan_chunks, as prepare does) for {len(items)} files")
+        # in a child: this process stays free of torch and FunASR (lighter, and no GC pauses later)
+        done = run_child("bench.corpus", {"paths": {i.name: i.path for i in items}, "engine": engine})
+        plans = {"key": key, "chunks": done["chunks"]}
+        plans_file.write_text(json.dumps(plans))
+    for i in items:
+        i.chunks = [tuple(c) for c in plans["chunks"][i.name]]
+    return items
+
+
+def _build_audio(spec: CorpusSpec, folder: Path, log) -> list[Item]:  # noqa: ANN001
     folder.mkdir(parents=True, exist_ok=True)
     rng = random.Random(spec.seed)
     items: list[Item] = []
@@ -179,8 +232,15 @@ def build(spec: CorpusSpec, log=print) -> list[Item]:  # noqa: ANN001
         dest = folder / f"long_{n}_{int(dur)}s.flac"
         text = write_long(dest, dur, spec.seed + n, speech)
         items.append(Item(dest.name, str(dest), sf.info(str(dest)).duration, text, "long"))
-    log(f"planning chunks (FSMN-VAD + plan_chunks, as prepare) for {len(items)} files")
-    for it in items:
-        it.chunks = plan_item(Path(it.path))
-    manifest.write_text(json.dumps({"spec": asdict(spec), "items": [asdict(i) for i in items]}, indent=1))
     return items
+
+
+def main(inp: Path, out: Path) -> None:
+    cfg = json.loads(inp.read_text())
+    out.write_text(json.dumps({"chunks": {name: plan_item(Path(p), cfg["engine"]) for name, p in cfg["paths"].items()}}))
+
+
+if __name__ == "__main__":
+    import sys
+
+    main(Path(sys.argv[1]), Path(sys.argv[2]))

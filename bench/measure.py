@@ -32,16 +32,20 @@ class TreeSampler(threading.Thread):
     seconds are summed per process from the last sample each was seen in.
     """
 
-    def __init__(self, roots: dict[str, int], interval_s: float = 0.2) -> None:
+    def __init__(self, roots: dict[str, int], interval_s: float = 0.2, total_of: set[str] | None = None) -> None:
         super().__init__(daemon=True)
         self.roots = roots
+        self.total_of = set(roots) if total_of is None else total_of  # trees counted in the peak total
         self.interval_s = interval_s
         self.peak_total = 0
         self.peak: dict[str, int] = {n: 0 for n in roots}
         self._cpu: dict[int, tuple[str, float]] = {}
+        self._cpu0: dict[int, float] = {}  # CPU a process had already used when first seen at the start
+        self._first = True
         self._halt = threading.Event()
         self._sys0 = psutil.cpu_times()
         self._t0 = time.monotonic()
+        self.sample()  # the baseline, taken now rather than when the thread first runs
 
     def _tree(self, pid: int) -> list[psutil.Process]:
         try:
@@ -60,11 +64,14 @@ class TreeSampler(threading.Thread):
                         rss += p.memory_info().rss
                         c = p.cpu_times()
                         self._cpu[p.pid] = (name, c.user + c.system)
+                        if self._first:
+                            self._cpu0[p.pid] = c.user + c.system
                 except psutil.Error:
                     pass
             self.peak[name] = max(self.peak[name], rss)
-            total += rss
+            total += rss if name in self.total_of else 0
         self.peak_total = max(self.peak_total, total)
+        self._first = False
 
     def run(self) -> None:
         while not self._halt.is_set():
@@ -79,8 +86,8 @@ class TreeSampler(threading.Thread):
         sys1 = psutil.cpu_times()
         busy = _busy(sys1) - _busy(self._sys0)
         own: dict[str, float] = {n: 0.0 for n in self.roots}
-        for name, cpu in self._cpu.values():
-            own[name] += cpu
+        for pid, (name, cpu) in self._cpu.items():
+            own[name] += cpu - self._cpu0.get(pid, 0.0)
         return {
             "peak_rss_total": self.peak_total,
             "peak_rss": dict(self.peak),

@@ -55,6 +55,7 @@ def decode_to_pcm(src: Path, out: BinaryIO, max_duration_s: float | None = None)
             raise BadAudio(f"audio stream is corrupt or truncated at {at_s:.1f} s ({_reason(e)})") from e
         if samples == 0:
             raise BadAudio("no audio could be decoded (empty or damaged audio track)")
+        _check_not_truncated(container, stream, samples / PCM_SAMPLE_RATE)
         ctx = stream.codec_context
         return AudioInfo(
             duration_s=samples / PCM_SAMPLE_RATE,
@@ -64,6 +65,21 @@ def decode_to_pcm(src: Path, out: BinaryIO, max_duration_s: float | None = None)
             codec=str(ctx.name),
             container=str(container.format.name),
         )
+
+
+# containers whose header states the audio's exact length (FLAC STREAMINFO, MP4 mdhd); elsewhere the
+# duration may be an estimate from the bitrate (MP3 without a Xing header) and is not evidence of damage
+_EXACT_DURATION_FORMATS = {"flac", "mov,mp4,m4a,3gp,3g2,mj2"}
+
+
+def _check_not_truncated(container: av.container.InputContainer, stream: av.AudioStream, decoded_s: float) -> None:
+    """FFmpeg ends a cut-off FLAC quietly at the last whole frame; refuse it rather than transcribe a part."""
+    if container.format.name not in _EXACT_DURATION_FORMATS or not stream.duration or not stream.time_base:
+        return
+    declared_s = float(stream.duration * stream.time_base)
+    if declared_s - decoded_s > max(1.0, 0.02 * declared_s):
+        raise BadAudio(f"the file is truncated: its header declares {declared_s:.1f} s of audio but only "
+                       f"{decoded_s:.1f} s could be decoded")
 
 
 def _write(frame: av.AudioFrame, out: BinaryIO) -> int:

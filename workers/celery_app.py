@@ -39,7 +39,6 @@ def broker_transport_options(settings: Settings) -> dict:
         "visibility_timeout": settings.visibility_timeout_s,
         "socket_keepalive": True,
         "socket_timeout": 30,
-        "retry_on_timeout": True,
         "health_check_interval": 25,
     }
 

@@ -10,9 +10,12 @@ import os
 from workers.engines.base import EngineOutOfMemory
 
 
+CRASH_MARKER_ENV = "ASRQ_FAULT_CRASH_FILENAME"
+
+
 def crash_if_poisoned(filenames: list[str]) -> None:
     """ASRQ_FAULT_CRASH_FILENAME=x: the worker process dies (as a segfault would) on a chunk of file x."""
-    marker = os.environ.get("ASRQ_FAULT_CRASH_FILENAME")
+    marker = os.environ.get(CRASH_MARKER_ENV)
     if marker and any(marker in f for f in filenames):
         os._exit(137)
 
@@ -22,3 +25,9 @@ def oom_if_too_big(batch_size: int) -> None:
     limit = os.environ.get("ASRQ_FAULT_OOM_ABOVE")
     if limit and batch_size > int(limit):
         raise EngineOutOfMemory(f"injected: batch of {batch_size} > {limit}")
+
+
+def exit_before_publish() -> None:
+    """ASRQ_FAULT_EXIT_BEFORE_PUBLISH=1: the API process dies after committing a job, before publishing it."""
+    if os.environ.get("ASRQ_FAULT_EXIT_BEFORE_PUBLISH") == "1":
+        os._exit(137)

@@ -16,6 +16,11 @@ def _after_fork(**_kw: object) -> None:
     from app.db.session import reset_engines
 
     reset_engines()
+    if os.environ.get("ASRQ_WARM_VAD") == "1":
+        # each prepare process loads FSMN-VAD once, at start, not on its first job
+        from workers.vad import load_vad
+
+        load_vad()
 
 
 @signals.worker_ready.connect

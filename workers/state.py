@@ -89,9 +89,28 @@ class ChunkWork:
         return (self.end_ms - self.start_ms) / 1000
 
 
+def _work_query(ids: list[uuid.UUID]):  # noqa: ANN202
+    return (select(Chunk.id, Chunk.job_id, Chunk.index, Chunk.start_ms, Chunk.end_ms, Chunk.attempts, Job.options)
+            .join(Job, Job.id == Chunk.job_id).where(Chunk.id.in_(ids)))
+
+
+def open_chunks(session: Session, chunk_ids: list[uuid.UUID]) -> list[ChunkWork]:
+    """The chunks among these that still need a result (nothing is claimed yet)."""
+    ids = [uuid.UUID(str(c)) for c in chunk_ids]
+    rows = session.execute(
+        _work_query(ids).where(Chunk.state.in_([ChunkState.PENDING, ChunkState.RUNNING]),
+                               Job.state == JobState.TRANSCRIBING)
+    ).all()
+    return [ChunkWork(*r) for r in rows]
+
+
 def claim_chunks(session: Session, chunk_ids: list[uuid.UUID], lease_s: float,
                  max_attempts: int) -> tuple[list[ChunkWork], list[ChunkWork]]:
-    """Take a lease on chunks nobody holds. Returns (claimed, exhausted): exhausted ones ran out of attempts."""
+    """Take a lease on chunks nobody holds. Returns (claimed, exhausted): exhausted ones ran out of attempts.
+
+    The conditional UPDATE is the lock: of two workers handed the same chunk, one wins, the other
+    gets nothing back. Each claim counts an attempt, so a chunk that kills its worker runs out.
+    """
     now = utcnow()
     ids = [uuid.UUID(str(c)) for c in chunk_ids]
     live_jobs = select(Job.id).where(Job.state == JobState.TRANSCRIBING)
@@ -111,12 +130,7 @@ def claim_chunks(session: Session, chunk_ids: list[uuid.UUID], lease_s: float,
     session.commit()
     if not claimed_ids:
         return [], []
-    rows = session.execute(
-        select(Chunk.id, Chunk.job_id, Chunk.index, Chunk.start_ms, Chunk.end_ms, Chunk.attempts, Job.options)
-        .join(Job, Job.id == Chunk.job_id)
-        .where(Chunk.id.in_(claimed_ids))
-    ).all()
-    work = [ChunkWork(*r) for r in rows]
+    work = [ChunkWork(*r) for r in session.execute(_work_query(claimed_ids)).all()]
     return [w for w in work if w.attempts <= max_attempts], [w for w in work if w.attempts > max_attempts]
 
 

@@ -20,6 +20,7 @@ from app.jobs import NewJob, cancel_or_delete, create_batch, create_job, get_job
 from app.schemas import BatchCreate, BatchOut, JobCreate, JobList, JobOptions, JobOut
 from app.sources import UPLOAD_SCHEME, safe_filename, validate_source_uri
 from app.storage import ObjectNotFound, get_store
+from workers import faults
 from workers.dispatch import send_prepare, try_send
 
 router = APIRouter(prefix="/v1", tags=["jobs"])
@@ -125,6 +126,7 @@ async def submit_job(
             await run_in_threadpool(get_store().delete_prefix, f"jobs/{job_id}/")
         raise
     if created:
+        faults.exit_before_publish()
         await run_in_threadpool(try_send, send_prepare, [job_id])
     elif uploaded_key:
         await run_in_threadpool(get_store().delete_prefix, f"jobs/{job_id}/")  # a replay keeps no second copy

@@ -8,6 +8,7 @@ records every chunk's outcome itself: done, given back and re-sent, or failed wi
 from __future__ import annotations
 
 import logging
+import os
 import socket
 import time
 import uuid
@@ -30,14 +31,35 @@ from workers.celery_app import app
 from workers.dispatch import send_finalize, send_transcribe, try_send
 from workers.engines.base import DecodeOptions, EngineOutOfMemory
 from workers.engines.registry import get_engine
-from workers.state import ChunkWork, claim_chunks, fail_chunks, record_batch, release_chunks, save_results
+from workers.state import (
+    ChunkWork,
+    claim_chunks,
+    fail_chunks,
+    open_chunks,
+    record_batch,
+    release_chunks,
+    save_results,
+)
 from workers.tasks.policy import TRANSIENT, backoff_s
 
 log = logging.getLogger("asrq.transcribe")
 _settings = get_settings()
 
 
-@app.task(name=TASK_TRANSCRIBE, base=Batches, flush_every=_settings.batch_max_requests,
+class ReconnectSafeBatches(Batches):
+    """celery-batches arms its flush timer once, on the first message. When the broker connection drops,
+    the worker clears its timers and rebuilds task strategies; the old timer entry is gone but still
+    looks armed, so buffered chunks would wait until a full batch arrives (measured: minutes after a
+    Redis restart). A fresh strategy starts with a fresh timer."""
+
+    def Strategy(self, task, app, consumer):  # noqa: ANN001, ANN201, N802
+        if self._tref is not None:
+            self._tref.cancel()
+        self._tref = None
+        return super().Strategy(task, app, consumer)
+
+
+@app.task(name=TASK_TRANSCRIBE, base=ReconnectSafeBatches, flush_every=_settings.batch_max_requests,
           flush_interval=_settings.batch_flush_interval_s, acks_late=True)
 def transcribe(requests) -> None:  # noqa: ANN001
     chunk_ids = [r.args[0] for r in requests if r.args]
@@ -75,28 +97,40 @@ def _options_key(w: ChunkWork) -> tuple:
 def process_chunks(chunk_ids: list[str], worker: str) -> None:
     settings = get_settings()
     with session_scope() as s:
-        claimed, exhausted = claim_chunks(s, [uuid.UUID(c) for c in chunk_ids], settings.chunk_lease_s,
-                                          settings.max_attempts)
-        if exhausted:
-            fail_chunks(s, exhausted, f"gave up after {settings.max_attempts} attempts (the worker kept dying "
-                                      "or timing out on this audio)")
-    if not claimed:
+        todo = open_chunks(s, [uuid.UUID(c) for c in chunk_ids])
+    if not todo:
         return
-    names = _filenames({w.job_id for w in claimed})
-    faults.crash_if_poisoned([names.get(w.job_id, "") for w in claimed])
+    # A chunk claimed before that never finished may be what killed a worker: it runs alone, after
+    # the others, so a poison chunk is charged its attempts and its batch-mates are not.
+    fresh = [w for w in todo if w.attempts == 0]
+    suspects = sorted((w for w in todo if w.attempts > 0), key=lambda w: w.attempts)
     batches = [
         b
-        for group in group_by(claimed, _options_key)
+        for group in group_by(fresh, _options_key)
         for b in plan_batches(group, lambda w: w.duration_s, settings.batch_audio_s, settings.batch_max_requests)
-    ]
+    ] + [[w] for w in suspects]
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="asrq-fetch") as pool:
-        # fetch the next batch's audio while the current one runs on the accelerator
-        pending: Future = pool.submit(_read_audio, batches[0])
-        for n, batch in enumerate(batches):
-            audios = pending.result()
+        # claim and fetch the next batch's audio while the current one runs on the accelerator
+        pending: Future = pool.submit(_claim_and_read, batches[0])
+        for n in range(len(batches)):
+            claimed, audios = pending.result()
             if n + 1 < len(batches):
-                pending = pool.submit(_read_audio, batches[n + 1])
-            _run_batch(batch, audios, worker)
+                pending = pool.submit(_claim_and_read, batches[n + 1])
+            if claimed:
+                if faults.CRASH_MARKER_ENV in os.environ:
+                    faults.crash_if_poisoned(list(_filenames({w.job_id for w in claimed}).values()))
+                _run_batch(claimed, audios, worker)
+
+
+def _claim_and_read(batch: list[ChunkWork]) -> tuple[list[ChunkWork], list[np.ndarray | Exception]]:
+    settings = get_settings()
+    with session_scope() as s:
+        claimed, exhausted = claim_chunks(s, [w.chunk_id for w in batch], settings.chunk_lease_s,
+                                          settings.max_attempts)
+        if exhausted:
+            fail_chunks(s, exhausted, f"gave up after {settings.max_attempts} attempts (the worker died or "
+                                      "timed out on this audio each time)")
+    return claimed, [_read_one(w) for w in claimed]
 
 
 def _filenames(job_ids: set[uuid.UUID]) -> dict[uuid.UUID, str]:
@@ -109,10 +143,6 @@ def _read_one(w: ChunkWork) -> np.ndarray | Exception:
         return pcm_to_float(get_store().get_range(pcm_key(w.job_id), ms_to_byte(w.start_ms), ms_to_byte(w.end_ms)))
     except Exception as e:  # noqa: BLE001 - returned and handled per chunk by the caller
         return e
-
-
-def _read_audio(batch: list[ChunkWork]) -> list[np.ndarray | Exception]:
-    return [_read_one(w) for w in batch]
 
 
 def _run_batch(batch: list[ChunkWork], audios: list[np.ndarray | Exception], worker: str) -> None:

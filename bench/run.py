@@ -1,0 +1,194 @@
+"""`python -m bench.run [--quick]`: the benchmark of the issue, end to end.
+
+Builds the corpus, then on the same corpus, cores and model measures
+  1. the engine limit (engine alone, batched, one process),
+  2. the naive loop (one file at a time, model loaded once),
+  3. asrq (the real stack, submitted through the API, until every job is COMPLETED),
+and the service checks: enqueue of many jobs, GET latency under load, prepare memory against
+recording length, time to first chunk. Prints a table and writes bench/RESULTS.md (quick mode:
+bench/RESULTS-quick.md). Exits 0 even when a target is missed: CI runs --quick without asserting speed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import sys
+import time
+from dataclasses import asdict, dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+from bench import corpus, measure, report
+
+ROOT = Path(__file__).resolve().parents[1]
+MODEL = "bundled:tiny.en"
+BEAM = 5
+SECTIONS = ("limit", "naive", "asrq", "service", "memory")
+
+
+@dataclass(frozen=True)
+class Mode:
+    corpus: corpus.CorpusSpec
+    enqueue_jobs: int
+    latency_s: float
+    mem_short_s: float
+    mem_long_s: float
+    first_chunk_trials: int
+
+
+QUICK = Mode(corpus.QUICK, 2_000, 10.0, 120.0, 1440.0, 3)
+FULL = Mode(corpus.FULL, 10_000, 30.0, 600.0, 7200.0, 5)
+
+
+def log(msg: str) -> None:
+    print(f"[bench {time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+def payload(items: list[corpus.Item]) -> dict:
+    return {"items": [asdict(i) for i in items], "model": MODEL, "beam_size": BEAM, "tmp": str(corpus.WORK)}
+
+
+def refs_hyps(items: list[corpus.Item], hyps: dict) -> tuple[list[str], list[str]]:
+    return [i.reference for i in items], [hyps.get(i.name, "") for i in items]
+
+
+def wer_by_kind(items: list[corpus.Item], hyps: dict) -> dict:
+    """WER of the short and the long recordings apart: chunking problems show in the long ones."""
+    out = {}
+    for kind in ("short", "long"):
+        part = [i for i in items if i.kind == kind]
+        if part:
+            out[kind] = measure.corpus_wer(*refs_hyps(part, hyps))
+    return out
+
+
+def engine_limit(items: list[corpus.Item]) -> dict:
+    r = measure.run_child("bench.engine_limit", payload(items))
+    return {"audio_s": sum(i.duration_s for i in items), "time_s": r["infer_s"], "loop_s": r["loop_s"],
+            "wer": measure.corpus_wer(*refs_hyps(items, r["hyps"])), "peak_rss": r["usage"]["peak_rss_total"],
+            "exact_peak_rss": r["peak_rss"], "usage": r["usage"], "batch_sizes": r["batch_sizes"],
+            "infer_s": r["infer_s"], "hyps": r["hyps"], "chunk_audio_s": r["chunk_audio_s"]}
+
+
+def naive(items: list[corpus.Item]) -> dict:
+    r = measure.run_child("bench.naive", payload(items))
+    return {"audio_s": sum(i.duration_s for i in items), "time_s": r["wall_s"],
+            "wer": measure.corpus_wer(*refs_hyps(items, r["hyps"])), "peak_rss": r["usage"]["peak_rss_total"],
+            "exact_peak_rss": r["peak_rss"], "usage": r["usage"], "hyps": r["hyps"]}
+
+
+def on_stack(items: list[corpus.Item], mode: Mode, sections: set[str], results: dict) -> None:
+    """asrq throughput, then (service) first chunk, enqueue and latency, on one running stack.
+
+    Order matters: first chunk needs an idle stack with workers; the throughput run follows; the
+    enqueue flood comes last with the workers stopped so its 10,000 jobs stay queued and disturb
+    nothing; the GET latency is measured on that full table with only the API and Postgres running.
+    """
+    from bench import stack
+
+    with stack.running_stack(corpus.WORK / f"stack-{mode.corpus.name}", log=log) as b:
+        log(f"uploading {len(items)} corpus files to the S3 server")
+        stack.upload(b, items)
+        short = next(i for i in items if "jfk" in i.name)  # an 11 s clip: one chunk
+        log("warm-up job through every stage (not measured)")
+        stack.warm_up(b, b.uri(short.name))
+        if "service" in sections:
+            log(f"time to first chunk: {mode.first_chunk_trials} trials with {short.name}")
+            results["first_chunk"] = stack.summarise_first_chunk(
+                stack.first_chunk(b, b.uri(short.name), mode.first_chunk_trials))
+        ids: list[str] = []
+        if "asrq" in sections:
+            audio = sum(i.duration_s for i in items)
+            log(f"asrq: {len(items)} jobs, {audio:.0f} s of audio, submitted in one batch")
+            t = stack.throughput(b, items, timeout_s=max(900.0, audio))
+            t["time_s"] = t["wall_s"]
+            t["peak_rss"] = t["usage"]["peak_rss_total"]
+            results["asrq"] = t
+        if "service" in sections:
+            log(f"enqueue: {mode.enqueue_jobs:,} jobs by URI in one POST /v1/jobs/batch (workers stopped)")
+            e = stack.enqueue(b, items, mode.enqueue_jobs)
+            ids = e.pop("ids")
+            results["enqueue"] = e
+            log(f"latency: GET /v1/jobs/{{id}} at 200 req/s for {mode.latency_s:.0f} s")
+            lat = stack.latency(b, ids, 200.0, mode.latency_s)
+            lat["duration_s"] = mode.latency_s
+            lat["table_rows"] = b.scalar("SELECT count(*) FROM jobs")
+            results["latency"] = lat
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--quick", action="store_true", help="small corpus and short checks (< 10 min on 2 cores)")
+    ap.add_argument("--only", default=",".join(SECTIONS),
+                    help=f"comma-separated subset of {','.join(SECTIONS)} (for investigating one figure)")
+    args = ap.parse_args(argv)
+    sections = {s.strip() for s in args.only.split(",") if s.strip()}
+    if unknown := sections - set(SECTIONS):
+        ap.error(f"unknown sections: {', '.join(sorted(unknown))}")
+    mode = QUICK if args.quick else FULL
+    t_start = time.monotonic()
+    results: dict = {
+        "mode": "quick" if args.quick else "full",
+        "command": " ".join(shlex.quote(a) for a in [Path(sys.executable).name, "-m", "bench.run", *sys.argv[1:]]),
+        "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "machine": measure.machine(),
+        "model": MODEL,
+        "beam_size": BEAM,
+        "notes": [],
+    }
+    items = corpus.build(mode.corpus, log=log)
+    n_short = sum(i.kind == "short" for i in items)
+    longs = [i for i in items if i.kind == "long"]
+    results["corpus_line"] = (
+        f"{len(items)} files, {sum(i.duration_s for i in items):.0f} s of audio: {n_short} short recordings "
+        f"(English clips of shared/audio re-encoded) + {len(longs)} long of "
+        f"{', '.join(f'{i.duration_s / 60:.1f}' for i in longs)} min (clips + espeak-ng sentences with pauses); "
+        f"{sum(len(i.chunks) for i in items)} chunks as prepare plans them")
+    if "limit" in sections:
+        log("1/3 engine limit: WhisperEngine.transcribe_batch on the chunk audio, one process")
+        results["limit"] = engine_limit(items)
+    if "naive" in sections:
+        log("2/3 naive loop: WhisperModel.transcribe(file), one file at a time")
+        results["naive"] = naive(items)
+    if sections & {"asrq", "service"}:
+        log("3/3 asrq: the real stack")
+        on_stack(items, mode, sections, results)
+    if "memory" in sections:
+        results["memory"] = _memory(mode)
+        if args.quick:
+            results["notes"].append(f"Quick mode measures prepare memory on {mode.mem_short_s / 60:.0f} and "
+                                    f"{mode.mem_long_s / 60:.0f} min recordings instead of 10 min and 2 h.")
+    for key in ("limit", "naive", "asrq"):
+        if key in results:
+            results[key]["wer_kind"] = wer_by_kind(items, results[key]["hyps"])
+    results["run_s"] = time.monotonic() - t_start
+    results["loadavg_end"] = [round(x, 2) for x in os.getloadavg()]
+    if results["machine"]["loadavg"][0] > results["machine"]["cores"] * 0.5:
+        results["notes"].append("The machine was not idle at the start (load average above); timings of "
+                                "sections are affected by other processes (see 'cores busy machine-wide').")
+    _write(results, args.quick)
+    return 0
+
+
+def _memory(mode: Mode) -> dict:
+    from bench import prepare_mem
+
+    log(f"prepare memory: {mode.mem_short_s / 60:.0f} min vs {mode.mem_long_s / 60:.0f} min recordings")
+    return prepare_mem.measure(mode.mem_short_s, mode.mem_long_s, log=log)
+
+
+def _write(results: dict, quick: bool) -> None:
+    text = report.console(results)
+    print("\n" + text, flush=True)
+    dest = ROOT / "bench" / ("RESULTS-quick.md" if quick else "RESULTS.md")
+    dest.write_text(report.markdown(results))
+    raw = corpus.WORK / f"results-{results['mode']}.json"
+    raw.write_text(json.dumps(results, indent=1, default=str))
+    log(f"wrote {dest.relative_to(ROOT)} (raw figures and transcripts: {raw.relative_to(ROOT)})")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
