@@ -28,12 +28,18 @@ def log_state(job: Job | uuid.UUID, state: JobState, **extra: object) -> None:
     log.info("job=%s state=%s elapsed_s=%.3f %s", job_id, state.value, elapsed, tail)
 
 
-def begin_prepare(session: Session, job_id: uuid.UUID, max_attempts: int) -> Job | None:
-    """QUEUED/PREPARING -> PREPARING with one more attempt; None when the job needs no preparing."""
+def begin_prepare(session: Session, job_id: uuid.UUID, max_attempts: int, stale_s: float) -> Job | None:
+    """QUEUED -> PREPARING with one more attempt; None when the job needs no preparing.
+
+    A job already PREPARING is taken over only when its heartbeat stopped (its worker died): a
+    duplicate message must not start a second prepare beside a live one.
+    """
     job_id = uuid.UUID(str(job_id))
+    stale = utcnow() - timedelta(seconds=stale_s)
     res = session.execute(
         update(Job)
-        .where(Job.id == job_id, Job.state.in_([JobState.QUEUED, JobState.PREPARING]))
+        .where(Job.id == job_id,
+               (Job.state == JobState.QUEUED) | ((Job.state == JobState.PREPARING) & (Job.updated_at < stale)))
         .values(state=JobState.PREPARING, prepare_attempts=Job.prepare_attempts + 1,
                 started_at=func.coalesce(Job.started_at, utcnow()), updated_at=utcnow())
     )
@@ -47,6 +53,13 @@ def begin_prepare(session: Session, job_id: uuid.UUID, max_attempts: int) -> Job
         return None
     log_state(job, JobState.PREPARING, attempt=job.prepare_attempts)
     return job
+
+
+def requeue_prepare(session: Session, job_id: uuid.UUID) -> None:
+    """PREPARING -> QUEUED after a transient failure, so the retried message may take it again."""
+    session.execute(update(Job).where(Job.id == job_id, Job.state == JobState.PREPARING)
+                    .values(state=JobState.QUEUED, updated_at=utcnow()))
+    session.commit()
 
 
 def save_plan(session: Session, job_id: uuid.UUID, plans: list[ChunkPlan], duration_s: float) -> list[uuid.UUID]:

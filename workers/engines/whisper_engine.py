@@ -114,4 +114,38 @@ class WhisperEngine(Engine):
                 results[i].words.append(Word(round(start, 3), round(end, 3), w.word.strip()))
         for i, parts in enumerate(texts):
             results[i].text = " ".join(p for p in parts if p)
+        for i in range(len(audios)):
+            if lengths[i] >= SAMPLE_RATE and has_uncovered_speech(results[i], lengths[i] / SAMPLE_RATE):
+                results[i] = self._decode_alone(audios[i][: lengths[i]], language, options, results[i])
         return results
+
+    def _decode_alone(self, audio: np.ndarray, language: str, options: DecodeOptions, first: ChunkText) -> ChunkText:
+        """Whisper's sequential decoder on one chunk: it seeks past where a window stopped and falls back
+        to higher temperatures on repetitive or unlikely output, which the one-shot batched pass cannot."""
+        segments, _info = self.model.transcribe(
+            audio, language=language, beam_size=options.beam_size, word_timestamps=True,
+            condition_on_previous_text=False, vad_filter=False, hotwords=" ".join(options.hotwords) or None,
+        )
+        words = [Word(round(w.start, 3), round(max(w.start, w.end), 3), w.word.strip())
+                 for seg in list(segments) for w in (seg.words or [])]
+        if len(words) <= len(first.words):
+            return first
+        return ChunkText(text=" ".join(w.word for w in words), words=words, language=language)
+
+
+# A batched pass decodes each chunk in one go and keeps what the model wrote before it stopped; tiny
+# models stop early on chunks holding several voices and drop whole sentences (measured on the
+# long-form test recordings). Speech the words do not cover is the sign of it.
+UNCOVERED_EDGE_S = 1.5
+UNCOVERED_GAP_S = 2.0
+
+
+def has_uncovered_speech(result: ChunkText, duration_s: float) -> bool:
+    """True when the words leave a stretch of the chunk unexplained (chunks are cut to speech, so a
+    long wordless stretch at an edge, or a long gap inside, usually means words were dropped)."""
+    w = result.words
+    if not w:
+        return duration_s > 2.0
+    if w[0].start_s > UNCOVERED_EDGE_S or duration_s - w[-1].end_s > UNCOVERED_EDGE_S:
+        return True
+    return any(b.start_s - a.end_s > UNCOVERED_GAP_S for a, b in zip(w, w[1:]))

@@ -28,7 +28,8 @@ def backoff_s(retries: int) -> float:
     return min(get_settings().retry_backoff_max_s, 2.0 ** retries)
 
 
-def run_job_step(task: Task, job_id: str, step: Callable[[uuid.UUID], None], what: str) -> None:
+def run_job_step(task: Task, job_id: str, step: Callable[[uuid.UUID], None], what: str,
+                 on_transient: Callable | None = None) -> None:
     jid = uuid.UUID(job_id)
     max_attempts = get_settings().max_attempts
     try:
@@ -45,6 +46,12 @@ def run_job_step(task: Task, job_id: str, step: Callable[[uuid.UUID], None], wha
             _fail(jid, f"{what} failed: {type(e).__name__} persisted over {task.request.retries + 1} retries")
             return
         log.warning("job=%s %s transient error %s, retry %d", jid, what, type(e).__name__, task.request.retries + 1)
+        if on_transient is not None:
+            try:
+                with session_scope() as s:
+                    on_transient(s, jid)
+            except TRANSIENT:
+                pass  # database down too: the heartbeat goes stale and the reconciler takes over
         raise task.retry(countdown=backoff_s(task.request.retries), max_retries=None) from e
     except Exception as e:  # noqa: BLE001 - an unknown error is a bug: record it, do not crash the worker
         log.exception("job=%s %s failed unexpectedly", jid, what)
