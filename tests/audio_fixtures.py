@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import subprocess
 import tempfile
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -38,12 +39,14 @@ class Placed:
     end_s: float
 
 
-def write_flac(path: Path, samples: np.ndarray, rate: int = SR) -> Path:
-    """Stream float32 mono samples into a FLAC file block by block."""
-    with av.open(str(path), "w") as out:
-        stream = out.add_stream("flac", rate=rate, layout="mono")
-        for i in range(0, len(samples), rate * 10):
-            block = (np.clip(samples[i : i + rate * 10], -1, 1) * 32767).astype(np.int16)
+def encode_mono(path: Path, blocks: Iterable[np.ndarray], codec: str = "flac", rate: int = SR,
+                container: str | None = None) -> Path:
+    """Stream mono blocks (float32 in [-1, 1], or int16) into an audio file, never holding it whole."""
+    with av.open(str(path), "w", format=container) as out:
+        stream = out.add_stream(codec, rate=rate, layout="mono")
+        for block in blocks:
+            if block.dtype != np.int16:
+                block = (np.clip(block, -1, 1) * 32767).astype(np.int16)
             frame = av.AudioFrame.from_ndarray(block.reshape(1, -1), format="s16", layout="mono")
             frame.sample_rate = rate
             for packet in stream.encode(frame):
@@ -51,6 +54,10 @@ def write_flac(path: Path, samples: np.ndarray, rate: int = SR) -> Path:
         for packet in stream.encode(None):
             out.mux(packet)
     return path
+
+
+def write_flac(path: Path, samples: np.ndarray, rate: int = SR) -> Path:
+    return encode_mono(path, (samples[i : i + rate * 10] for i in range(0, len(samples), rate * 10)), rate=rate)
 
 
 def join_with_pauses(parts: list[tuple[str, str, np.ndarray]], pauses_s: list[float],
@@ -80,14 +87,4 @@ def tile_to_duration(clips: list[np.ndarray], duration_s: float, pause_s: float 
 
 
 def write_long_flac(path: Path, clips: list[np.ndarray], duration_s: float) -> Path:
-    with av.open(str(path), "w") as out:
-        stream = out.add_stream("flac", rate=SR, layout="mono")
-        for block in tile_to_duration(clips, duration_s):
-            frame = av.AudioFrame.from_ndarray((block * 32767).astype(np.int16).reshape(1, -1), format="s16",
-                                               layout="mono")
-            frame.sample_rate = SR
-            for packet in stream.encode(frame):
-                out.mux(packet)
-        for packet in stream.encode(None):
-            out.mux(packet)
-    return path
+    return encode_mono(path, tile_to_duration(clips, duration_s))

@@ -15,6 +15,7 @@ from pathlib import Path
 import av
 import numpy as np
 
+from tests.audio_fixtures import encode_mono
 from tests.services import AUDIO
 
 # the clip the audio variants are made from, and the one the truncated FLAC is cut from
@@ -143,16 +144,8 @@ def make_telephone_8k(folder: Path) -> Path:
 def make_telephone_mulaw(folder: Path) -> Path:
     """The speech clip as 8 kHz mono G.711 mu-law in WAV (what phone systems record)."""
     x = _to_i16(_load(AUDIO / SPEECH_CLIP, 8000))
-    p = folder / "telephone_8k_mulaw.wav"
-    with av.open(str(p), "w", format="wav") as out:
-        st = out.add_stream("pcm_mulaw", rate=8000, layout="mono")
-        for i in range(0, len(x), 8000):
-            frame = av.AudioFrame.from_ndarray(x[i : i + 8000].reshape(1, -1), format="s16", layout="mono")
-            frame.sample_rate = 8000
-            for pkt in st.encode(frame):
-                out.mux(pkt)
-        for pkt in st.encode(None):
-            out.mux(pkt)
+    p = encode_mono(folder / "telephone_8k_mulaw.wav", (x[i : i + 8000] for i in range(0, len(x), 8000)),
+                    codec="pcm_mulaw", rate=8000, container="wav")
     return p
 
 
@@ -244,19 +237,14 @@ def make_long_flac(folder: Path, duration_s: float, name: str = "long.flac", rat
     clip = _load(AUDIO / SPEECH_CLIP, rate)
     at = [int(s * rate) for s in long_clip_starts(duration_s)]
     total, block = int(duration_s * rate), 60 * rate
-    p = folder / name
-    with av.open(str(p), "w") as out:
-        st = out.add_stream("flac", rate=rate, layout="mono")
+    def blocks():  # noqa: ANN202
         for pos in range(0, total, block):
             b = np.zeros(min(block, total - pos), np.float32)
             for a in at:
                 lo, hi = max(a, pos), min(a + len(clip), pos + len(b))
                 if lo < hi:
                     b[lo - pos : hi - pos] = clip[lo - a : hi - a]
-            frame = av.AudioFrame.from_ndarray(_to_i16(b).reshape(1, -1), format="s16", layout="mono")
-            frame.sample_rate = rate
-            for pkt in st.encode(frame):
-                out.mux(pkt)
-        for pkt in st.encode(None):
-            out.mux(pkt)
+            yield _to_i16(b)
+
+    p = encode_mono(folder / name, blocks(), rate=rate)
     return p
