@@ -109,3 +109,34 @@ def test_cli_submit_wait_and_get(stack, tmp_path):
     assert "fellow Americans" in srt
     r = subprocess.run([sys.executable, "-m", "app.cli", "status", jid], env=env, capture_output=True, text=True)
     assert json.loads(r.stdout)["state"] == "COMPLETED"
+
+
+def test_finalize_twice_same_objects_one_transition(stack):
+    """A repeated finalize rewrites identical objects and makes no second COMPLETED transition."""
+    import uuid
+
+    from sqlalchemy import update
+
+    from app.constants import transcript_key
+    from app.db.models import Job, JobState
+    from app.db.session import session_scope
+    from app.storage import get_store
+    from workers.tasks.finalize import finalize_job
+
+    with stack.client() as c:
+        jid = c.submit_file(AUDIO / "en_librispeech_1995-1837-0001.wav")["id"]
+        assert c.wait([jid], timeout_s=120)[jid]["state"] == "COMPLETED"
+    job_id = uuid.UUID(jid)
+    store = get_store()
+    before = {f: store.get_bytes(transcript_key(job_id, f)) for f in ("json", "srt", "vtt", "txt")}
+    with session_scope() as s:
+        finished_at = s.get(Job, job_id).finished_at
+    finalize_job(job_id)  # a late duplicate delivery: nothing to do
+    with session_scope() as s:
+        assert s.get(Job, job_id).finished_at == finished_at
+        s.execute(update(Job).where(Job.id == job_id).values(state=JobState.FINALIZING))
+    finalize_job(job_id)  # a finalize that ran again after a crash before its commit
+    finalize_job(job_id)
+    assert {f: store.get_bytes(transcript_key(job_id, f)) for f in before} == before
+    with session_scope() as s:
+        assert s.get(Job, job_id).state == JobState.COMPLETED

@@ -71,9 +71,16 @@ def make_celery(settings: Settings | None = None) -> Celery:
         task_reject_on_worker_lost=True,
         # one prepare at a time per process: a long decode must not hold other jobs hostage in prefetch
         worker_prefetch_multiplier=1,
-        # hard limit well above the longest measured task; the soft limit lets a task record its failure
-        task_time_limit=settings.task_time_limit_s,
-        task_soft_time_limit=max(1.0, settings.task_time_limit_s - 60),
+        # hard limits well above the longest measured run; the soft limit, a minute earlier, lets the task
+        # store its failure. Transcribe workers run the solo pool, where Celery cannot enforce limits:
+        # there the chunk lease (ASRQ_CHUNK_LEASE_S) hands a stuck batch's chunks to another worker.
+        task_annotations={
+            TASK_PREPARE: {"time_limit": settings.prepare_time_limit_s,
+                           "soft_time_limit": max(1.0, settings.prepare_time_limit_s - 60)},
+            TASK_FINALIZE: {"time_limit": settings.finalize_time_limit_s,
+                            "soft_time_limit": max(1.0, settings.finalize_time_limit_s - 60)},
+            TASK_RECONCILE: {"time_limit": 300, "soft_time_limit": 240},
+        },
         # Postgres is the source of truth; a publish that fails is retried, and the reconciler
         # re-sends anything that still slipped through
         task_publish_retry=True,
