@@ -78,19 +78,27 @@ def _md_table(rows: list[list[str]]) -> str:
     return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in rows[1:]])
 
 
-def ratios(r: dict) -> list[str]:
+def ratios(r: dict, per_cpu: bool = False) -> list[str]:
+    """asrq over the others in audio per wall second (the targets), or per CPU second of the section's
+    own processes (a cross-check that moves less when other work shares the machine)."""
+    def rate(s: dict | None) -> float | None:
+        if not s:
+            return None
+        return s["audio_s"] / s["cpu_s"] if per_cpu else _rtfx(s)
+
     out = []
-    a = _rtfx(r.get("asrq"))
+    a = rate(r.get("asrq"))
     for key, label in (("limit", "asrq/limit"), ("naive", "asrq/naive")):
         if a and r.get(key):
-            out.append(f"{label} = {a / _rtfx(r[key]):.2f}")
+            out.append(f"{label} = {a / rate(r[key]):.2f}")
     return out
 
 
 def console(r: dict) -> str:
     lines = [f"asrq benchmark ({r['mode']}) {r['date']} - {r['machine']['cores']} cores, "
              f"{r['machine']['ram_gib']} GiB, {r['machine']['cpu_model']}", r["corpus_line"], "",
-             _text_table(table(r)), "", "ratios: " + (", ".join(ratios(r)) or "n/a"), ""]
+             _text_table(table(r)), "", "ratios: " + (", ".join(ratios(r)) or "n/a"),
+             "per CPU second (cross-check): " + (", ".join(ratios(r, per_cpu=True)) or "n/a"), ""]
     for c in checks(r):
         lines.append(f"{c.verdict:4}  {c.name}: {c.detail}")
     misses = [c for c in checks(r) if c.ok is False]
@@ -127,6 +135,10 @@ def markdown(r: dict) -> str:
         "",
         "Ratios: " + (", ".join(ratios(r)) or "n/a (a section was not run)"),
         "",
+        "Per CPU second instead of per wall second (audio s / CPU s of the section's own processes; "
+        "asrq: API + both workers, without Postgres, Redis and the S3 server), a cross-check when other "
+        "work shares the machine: " + (", ".join(ratios(r, per_cpu=True)) or "n/a"),
+        "",
         "## Targets",
         "",
         "| verdict | target | measured |",
@@ -145,8 +157,8 @@ def details(r: dict) -> list[str]:
         if not s:
             continue
         u = s["usage"]
-        line = (f"- {label}: {s['time_s']:.1f} s for {s['audio_s']:.0f} s of audio; cores busy machine-wide "
-                f"{u['machine_busy_cores']:.2f}, by this section's processes {u['own_cores']:.2f}")
+        line = (f"- {label}: {s['time_s']:.1f} s for {s['audio_s']:.0f} s of audio, {s['cpu_s']:.0f} CPU s; cores "
+                f"busy machine-wide {u['machine_busy_cores']:.2f}, by this section's processes {u['own_cores']:.2f}")
         if s.get("wer_kind"):
             line += "; WER " + ", ".join(f"{k} {v * 100:.2f} %" for k, v in s["wer_kind"].items())
         if "exact_peak_rss" in s:
@@ -182,9 +194,13 @@ def details(r: dict) -> list[str]:
                        f"{x['segments']} speech segments, {x['chunks']} chunks, {x['seconds']:.1f} s")
     if lat := r.get("latency"):
         out.append(f"- GET latency: {lat['requests']} requests over {lat['duration_s']:.0f} s, open loop from a "
-                   f"loopback asyncio/httpx generator; p50 {lat['p50_ms']} ms, p95 {lat['p95_ms']} ms, "
-                   f"p99 {lat['p99_ms']} ms, max {lat['max_ms']} ms; {lat['table_rows']:,} jobs in the table; "
-                   "workers stopped (API and Postgres only)")
+                   f"loopback keep-alive generator ({lat['connections']} connections); p50 {lat['p50_ms']} ms, "
+                   f"p95 {lat['p95_ms']} ms, p99 {lat['p99_ms']} ms, max {lat['max_ms']} ms; {lat['table_rows']:,} "
+                   f"jobs in the table; workers stopped (API and Postgres only); API CPU "
+                   f"{lat['usage']['cpu_s']['api'] / max(lat['ok'], 1) * 1000:.2f} ms per request")
+        if lat["send_lag_p99_ms"] > 5.0:
+            out.append(f"  - the generator itself left late (p99 {lat['send_lag_p99_ms']} ms behind schedule): "
+                       "the machine was too busy for a clean measurement")
     if fc := r.get("first_chunk"):
         out.append(f"- Time to first chunk: trials {fc['trials_s']} s (submit by URI -> first chunk row DONE)")
     for note in r.get("notes", []):

@@ -163,7 +163,11 @@ def main(argv: list[str] | None = None) -> int:
                                     f"{mode.mem_long_s / 60:.0f} min recordings instead of 10 min and 2 h.")
     for key in ("limit", "naive", "asrq"):
         if key in results:
-            results[key]["wer_kind"] = wer_by_kind(items, results[key]["hyps"])
+            sec = results[key]
+            sec["wer_kind"] = wer_by_kind(items, sec["hyps"])
+            # CPU seconds of the section's own processes (asrq: API + both workers; not Postgres, Redis, S3)
+            sec["cpu_s"] = sum(v for n, v in sec["usage"]["cpu_s"].items() if n in ("child", "api", "cpu-worker",
+                                                                                      "gpu-worker"))
     results["run_s"] = time.monotonic() - t_start
     results["loadavg_end"] = [round(x, 2) for x in os.getloadavg()]
     if results["machine"]["loadavg"][0] > results["machine"]["cores"] * 0.5:
