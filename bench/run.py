@@ -99,7 +99,6 @@ def on_stack(items: list[corpus.Item], mode: Mode, sections: set[str], results: 
             log(f"time to first chunk: {mode.first_chunk_trials} trials with {short.name}")
             results["first_chunk"] = stack.summarise_first_chunk(
                 stack.first_chunk(b, b.uri(short.name), mode.first_chunk_trials))
-        ids: list[str] = []
         if "asrq" in sections:
             audio = sum(i.duration_s for i in items)
             log(f"asrq: {len(items)} jobs, {audio:.0f} s of audio, submitted in one batch")
@@ -139,6 +138,7 @@ def main(argv: list[str] | None = None) -> int:
         "beam_size": BEAM,
         "notes": [],
     }
+    results["code"] = code_state()
     items = corpus.build(mode.corpus, log=log)
     n_short = sum(i.kind == "short" for i in items)
     longs = [i for i in items if i.kind == "long"]
@@ -169,12 +169,35 @@ def main(argv: list[str] | None = None) -> int:
             sec["cpu_s"] = sum(v for n, v in sec["usage"]["cpu_s"].items() if n in ("child", "api", "cpu-worker",
                                                                                       "gpu-worker"))
     results["run_s"] = time.monotonic() - t_start
+    if code_state()["fingerprint"] != results["code"]["fingerprint"]:
+        results["notes"].append("The product code (app/, workers/) changed while this ran: sections may have "
+                                "measured different code; run again on a quiet checkout.")
     results["loadavg_end"] = [round(x, 2) for x in os.getloadavg()]
     if results["machine"]["loadavg"][0] > results["machine"]["cores"] * 0.5:
         results["notes"].append("The machine was not idle at the start (load average above); timings of "
                                 "sections are affected by other processes (see 'cores busy machine-wide').")
     _write(results, args.quick)
     return 0
+
+
+def code_state() -> dict:
+    """The commit, whether app/ or workers/ differ from it, and a fingerprint of their current content
+    (read-only git; the fingerprint tells whether the code changed under a long run)."""
+    import hashlib
+    import subprocess
+
+    def git(*a: str) -> str:
+        try:
+            return subprocess.run(["git", *a], cwd=ROOT, capture_output=True, text=True, timeout=30).stdout.strip()
+        except (OSError, subprocess.SubprocessError):
+            return ""
+
+    h = hashlib.sha1()
+    for f in sorted([*ROOT.joinpath("app").rglob("*.py"), *ROOT.joinpath("workers").rglob("*.py")]):
+        h.update(f.read_bytes())
+    dirty = git("status", "--porcelain", "--", "app", "workers")
+    return {"commit": git("rev-parse", "--short", "HEAD") or "unknown", "dirty": bool(dirty),
+            "fingerprint": h.hexdigest()[:12]}
 
 
 def _memory(mode: Mode) -> dict:

@@ -11,10 +11,11 @@ from workers.engines.base import Engine, EngineSpec
 
 log = logging.getLogger("asrq.engines")
 
-# Longest chunk per engine (ASRQ_MAX_CHUNK_S caps both). Whisper's window is 30 s, but measured on the
-# long-form test recording (tests/test_longform.py: speech of several voices with pauses), tiny.en
-# drops whole sentences from windows of 25-30 s holding more than one voice: WER 16.1 % with 30 s
-# chunks, 9.3 % with 25 s, 4.6 % with 20 s (= the clips transcribed one by one). Paraformer takes 30 s.
+# Longest chunk per engine (ASRQ_MAX_CHUNK_S caps both). Whisper's window is 30 s, but tiny.en loses
+# words in long windows that hold several voices. Measured with the one-shot batched decoder on the
+# long-form test recording (tests/test_longform.py): WER 16.1 % with 30 s chunks, 9.3 % with 25 s,
+# 4.6 % with 20 s (= the clips one by one); with the sequential decoder on the quick bench corpus:
+# 8.8 % with 30 s, 7.3 % with 20 s. Paraformer takes 30 s.
 MAX_CHUNK_S = {"whisper": 20.0, "funasr": 30.0}
 
 
