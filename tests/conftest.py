@@ -13,13 +13,11 @@ if str(ROOT) not in sys.path:
 
 from tests.services import (  # noqa: E402
     AUDIO,
-    Stack,
-    apply_env,
     base_env,
-    free_port,
     moto_s3,
     postgres_database,
     redis_db,
+    running_stack,
 )
 
 REDIS_TEST_DB = int(os.environ.get("ASRQ_TEST_REDIS_DB", "11"))
@@ -57,18 +55,5 @@ def stack(tmp_path_factory, s3):
     with postgres_database() as db_url, redis_db(REDIS_TEST_DB) as broker:
         upgrade(db_url)
         env = base_env(db_url, broker, f"s3://asrq-test/{tmp.name}", endpoint, tmp, key)
-        saved = dict(os.environ)
-        apply_env(env)
-        st = Stack(env=env, tmp=tmp, api_url=f"http://127.0.0.1:{free_port()}", api_key=key)
-        try:
-            st.start_api()
-            st.start_cpu_worker()
-            st.start_transcribe_worker()
+        with running_stack(env, tmp, key) as st:
             yield st
-        finally:
-            st.stop_all()
-            os.environ.clear()
-            os.environ.update(saved)
-            from app.db import session
-
-            session.reset_engines()

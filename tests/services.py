@@ -179,6 +179,27 @@ class Stack:
         return self.start(name, [sys.executable, "-m", "app.cli", "worker", "--gpus", "cpu"], extra_env)
 
 
+@contextlib.contextmanager
+def running_stack(env: dict, tmp: Path, api_key: str):
+    """API, CPU worker (with the reconciler) and a transcribe worker on ``env``'s services; this test
+    process points its own settings there too, and gets its old environment back afterwards."""
+    saved = dict(os.environ)
+    apply_env(env)
+    st = Stack(env=env, tmp=tmp, api_url=f"http://127.0.0.1:{free_port()}", api_key=api_key)
+    try:
+        st.start_api()
+        st.start_cpu_worker()
+        st.start_transcribe_worker()
+        yield st
+    finally:
+        st.stop_all()
+        os.environ.clear()
+        os.environ.update(saved)
+        from app.db import session
+
+        session.reset_engines()
+
+
 def base_env(db_url: str, broker_url: str, storage_url: str, s3_endpoint: str, tmp: Path, api_key: str) -> dict:
     env = {k: v for k, v in os.environ.items() if not k.startswith("ASRQ_")}
     env.update({

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import json
-import time
 
 import httpx
 import pytest
 
-from tests.services import AUDIO, wait_until
-from tests.wer import reference, wer
+from tests.services import AUDIO
+from tests.wer import manifest, reference, wer
 
 pytestmark = pytest.mark.slow
 
@@ -31,7 +30,7 @@ def test_three_recordings_over_http(stack):
             assert job["progress"]["chunks_done"] == job["progress"]["chunks_total"] >= 1
             doc = json.loads(c.transcript(jid, "json"))
             assert doc["job_id"] == jid and doc["language"] == "en"
-            assert abs(doc["duration_s"] - float(__import__("tests.wer", fromlist=["x"]).manifest()[name]["duration_s"])) < 0.05
+            assert abs(doc["duration_s"] - float(manifest()[name]["duration_s"])) < 0.05
             err = wer(reference(name), doc["text"])
             assert err <= CLIPS[name], (name, err, doc["text"])
             words = [w for s in doc["segments"] for w in s["words"]]

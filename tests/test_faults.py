@@ -8,7 +8,6 @@ the S3 server, so the tests can restart, flush and cut them without touching sha
 from __future__ import annotations
 
 import json
-import os
 import secrets
 import signal
 import threading
@@ -19,7 +18,7 @@ import pytest
 from sqlalchemy import func, select
 
 from tests.fault_services import PrivatePostgres, PrivateRedis, TcpRelay, wait_port_closed
-from tests.services import AUDIO, Stack, apply_env, base_env, free_port, wait_until
+from tests.services import AUDIO, Stack, base_env, free_port, running_stack, wait_until
 
 pytestmark = [pytest.mark.slow, pytest.mark.fault]
 
@@ -41,25 +40,14 @@ def fstack(tmp_path_factory, s3):
     upgrade(pg.url)
     key = secrets.token_urlsafe(16)
     env = base_env(pg.url, rd.url, f"s3://asrq-test/{tmp.name}", f"http://127.0.0.1:{relay.port}", tmp, key)
-    saved = dict(os.environ)
-    apply_env(env)
-    st = Stack(env=env, tmp=tmp, api_url=f"http://127.0.0.1:{free_port()}", api_key=key)
-    st.pg, st.redis, st.relay = pg, rd, relay
     try:
-        st.start_api()
-        st.start_cpu_worker()
-        st.start_transcribe_worker()
-        yield st
+        with running_stack(env, tmp, key) as st:
+            st.pg, st.redis, st.relay = pg, rd, relay
+            yield st
     finally:
-        st.stop_all()
         relay.cut()
         rd.stop()
         pg.close()
-        os.environ.clear()
-        os.environ.update(saved)
-        from app.db import session
-
-        session.reset_engines()
 
 
 def _submit(st: Stack, names=FILES) -> dict[str, str]:
@@ -214,7 +202,7 @@ def test_crash_between_insert_and_publish(fstack, baseline):
 
 
 def test_duplicate_delivery(fstack, baseline):
-    from app.db.models import Chunk, JobState
+    from app.db.models import Chunk
     from app.db.session import session_scope
     from workers.dispatch import send_transcribe
 
@@ -237,13 +225,13 @@ def test_duplicate_delivery(fstack, baseline):
 
 def test_concurrent_claims_are_exclusive(fstack, baseline):
     """Two workers claiming the same chunks at the same instant: each chunk goes to exactly one."""
-    from app.db.models import Chunk, ChunkState, Job
+    from app.db.models import Chunk, ChunkState, Job, JobState
     from app.db.session import session_scope
     from workers.state import claim_chunks
 
     with session_scope() as s:
         job = Job(tenant="t", source_uri="upload:x", filename="x", options={}, params_hash="h",
-                  state=JobState_TRANSCRIBING())
+                  state=JobState.TRANSCRIBING)
         s.add(job)
         s.flush()
         chunks = [Chunk(job_id=job.id, index=i, start_ms=i * 1000, end_ms=i * 1000 + 900) for i in range(200)]
@@ -265,12 +253,6 @@ def test_concurrent_claims_are_exclusive(fstack, baseline):
     assert not (a & b) and len(a | b) == 200
     with session_scope() as s:
         assert s.scalar(select(func.count()).where(Chunk.job_id == job.id, Chunk.state == ChunkState.RUNNING)) == 200
-
-
-def JobState_TRANSCRIBING():  # noqa: N802
-    from app.db.models import JobState
-
-    return JobState.TRANSCRIBING
 
 
 def test_poison_chunk_fails_its_job_only(fstack, baseline, tmp_path):
@@ -310,7 +292,7 @@ def test_out_of_memory_splits_the_batch(fstack, baseline):
                               .where(Chunk.job_id.in_(list(ids.values())))).all()
         assert sizes and max(sizes) == 1  # every batch over the injected limit was halved down to fit
         assert fstack.procs["gpu-worker"].alive()
-        assert "injected" in fstack.procs["gpu-worker"].tail(2000) or True
+        assert "halving it" in fstack.procs["gpu-worker"].tail(5000)
     finally:
         fstack.procs.pop("gpu-worker").stop()
         fstack.start_transcribe_worker("gpu-worker")

@@ -21,6 +21,13 @@ from app.settings import Settings, get_settings
 log = logging.getLogger("asrq.api")
 
 
+def _detail_handler(status: int):  # noqa: ANN202
+    async def handler(_r: Request, e: Exception) -> JSONResponse:
+        return JSONResponse({"detail": str(e)}, status)
+
+    return handler
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
 
@@ -42,21 +49,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(jobs_router)
     app.include_router(health_router)
 
-    @app.exception_handler(JobNotFound)
-    async def _not_found(_r: Request, e: JobNotFound) -> JSONResponse:
-        return JSONResponse({"detail": str(e)}, 404)
-
-    @app.exception_handler(IdempotencyConflict)
-    async def _conflict(_r: Request, e: IdempotencyConflict) -> JSONResponse:
-        return JSONResponse({"detail": str(e)}, 409)
-
-    @app.exception_handler(BadSource)
-    async def _bad_source(_r: Request, e: BadSource) -> JSONResponse:
-        return JSONResponse({"detail": str(e)}, 422)
-
-    @app.exception_handler(PermanentError)
-    async def _bad_request(_r: Request, e: PermanentError) -> JSONResponse:
-        return JSONResponse({"detail": str(e)}, 400)
+    # most specific first: Starlette picks the handler of the nearest class in the exception's MRO
+    for exc, status in ((JobNotFound, 404), (IdempotencyConflict, 409), (BadSource, 422), (PermanentError, 400)):
+        app.add_exception_handler(exc, _detail_handler(status))
 
     @app.exception_handler(OperationalError)
     @app.exception_handler(DBAPIError)

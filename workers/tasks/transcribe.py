@@ -171,7 +171,7 @@ def _run_batch(batch: list[ChunkWork], audios: list[np.ndarray | Exception], wor
         return texts
 
     try:
-        run_splitting_on_oom(infer, ok, lambda e: isinstance(e, EngineOutOfMemory))
+        run_splitting_on_oom(infer, ok, _is_oom)
     except Exception as e:  # noqa: BLE001
         if len(ok) > 1:
             # one bad chunk must not sink its batch-mates: retry each alone to isolate it
@@ -188,6 +188,13 @@ def _run_batch(batch: list[ChunkWork], audios: list[np.ndarray | Exception], wor
                 return
             release_chunks(s, [w], reason)
         try_send(lambda ids: send_transcribe(ids, countdown=backoff_s(w.attempts)), [w.chunk_id])
+
+
+def _is_oom(e: Exception) -> bool:
+    if isinstance(e, EngineOutOfMemory):
+        log.warning("out of memory on a batch (%s); halving it", e)
+        return True
+    return False
 
 
 def _store_results(work: list[ChunkWork], texts: list, infer_s: float, worker: str, engine: str) -> None:
