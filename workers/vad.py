@@ -32,6 +32,9 @@ def load_vad(model_dir: str | None = None):  # noqa: ANN201
         disable_update=True,
         disable_pbar=True,
         log_level="ERROR",
+        # AutoModel otherwise sets torch to 4 threads: on a small box prepare would take the cores the
+        # transcribe worker needs (measured on 2 cores: prepare cost 17 % of inference CPU time)
+        ncpu=1,
     )
 
 
