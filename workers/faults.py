@@ -6,17 +6,16 @@ They live in the product, not in a mock, so the tests exercise the real worker l
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 
 from workers.engines.base import EngineOutOfMemory
 
 
-CRASH_MARKER_ENV = "ASRQ_FAULT_CRASH_FILENAME"
-
-
-def crash_if_poisoned(filenames: list[str]) -> None:
-    """ASRQ_FAULT_CRASH_FILENAME=x: the worker process dies (as a segfault would) on a chunk of file x."""
-    marker = os.environ.get(CRASH_MARKER_ENV)
-    if marker and any(marker in f for f in filenames):
+def crash_if_poisoned(filenames: Callable[[], list[str]]) -> None:
+    """ASRQ_FAULT_CRASH_FILENAME=x: the worker process dies (as a segfault would) on a chunk of file x.
+    ``filenames`` is only called when the fault is set, so the hot path pays no lookup."""
+    marker = os.environ.get("ASRQ_FAULT_CRASH_FILENAME")
+    if marker and any(marker in f for f in filenames()):
         os._exit(137)
 
 

@@ -8,7 +8,6 @@ records every chunk's outcome itself: done, given back and re-sent, or failed wi
 from __future__ import annotations
 
 import logging
-import os
 import socket
 import time
 import uuid
@@ -117,8 +116,7 @@ def process_chunks(chunk_ids: list[str], worker: str) -> None:
             if n + 1 < len(batches):
                 pending = pool.submit(_claim_and_read, batches[n + 1])
             if claimed:
-                if faults.CRASH_MARKER_ENV in os.environ:
-                    faults.crash_if_poisoned(list(_filenames({w.job_id for w in claimed}).values()))
+                faults.crash_if_poisoned(lambda: list(_filenames({w.job_id for w in claimed}).values()))
                 _run_batch(claimed, audios, worker)
 
 
