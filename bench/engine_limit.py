@@ -44,7 +44,8 @@ def main(inp: Path, out: Path) -> None:
     settings = Settings()
     budget_s = cfg.get("batch_audio_s") or settings.batch_audio_s
     max_items = cfg.get("batch_max_requests") or settings.batch_max_requests
-    engine = load_engine(cfg.get("engine", "whisper"), cfg["model"], cfg.get("device", "cpu"), settings.cpu_threads)
+    engine = load_engine(cfg.get("engine", "whisper"), cfg["model"], cfg.get("device", "cpu"), settings.cpu_threads,
+                         settings.cpu_decoders)
     options = DecodeOptions(language=cfg.get("language"), beam_size=cfg["beam_size"])
     with tempfile.TemporaryDirectory(prefix="asrq-limit-", dir=cfg["tmp"]) as tmp:
         # decoded PCM on local disk, read per batch (as the worker reads ranges): the corpus never sits
@@ -94,13 +95,14 @@ def main(inp: Path, out: Path) -> None:
     }))
 
 
-def load_engine(name: str, model: str, device: str, cpu_threads: int):  # noqa: ANN201
+def load_engine(name: str, model: str, device: str, cpu_threads: int = 0, cpu_decoders: int = 0):  # noqa: ANN201
     from workers.engines.base import EngineSpec
 
     if name == "whisper":
         from workers.engines.whisper_engine import WhisperEngine
 
-        return WhisperEngine(EngineSpec("whisper", model), device, fp16=True, cpu_threads=cpu_threads)
+        return WhisperEngine(EngineSpec("whisper", model), device, fp16=True, cpu_threads=cpu_threads,
+                             cpu_decoders=cpu_decoders)
     from workers.engines.funasr_engine import FunASREngine
 
     return FunASREngine(EngineSpec("funasr", model), device, fp16=True)

@@ -139,6 +139,7 @@ def markdown(r: dict) -> str:
         f"- Corpus: {r['corpus_line']}",
         f"- Model: {r['model']} (int8 on CPU, beam size {r['beam_size']}, word timestamps), "
         f"{m['cores']} threads, OMP_NUM_THREADS=1 in every measured process",
+        _layout_line(r),
         "",
         "## Throughput, accuracy, memory",
         "",
@@ -223,3 +224,13 @@ def details(r: dict) -> list[str]:
     for note in r.get("notes", []):
         out.append(f"- {note}")
     return out
+
+
+def _layout_line(r: dict) -> str:
+    lay = r.get("cpu_layout")
+    if not lay:
+        return ""
+    return (f"- CPU layout: engine limit and asrq decode {lay['decoders']} chunks side by side with "
+            f"{lay['threads_each']} thread(s) each (`ASRQ_CPU_DECODERS`, `ASRQ_CPU_THREADS`; CTranslate2 "
+            f"replicas sharing one copy of the weights); the naive loop is one `WhisperModel` on "
+            f"{r['machine']['cores']} threads, as a user would run it")

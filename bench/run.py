@@ -139,6 +139,7 @@ def main(argv: list[str] | None = None) -> int:
         "notes": [],
     }
     results["code"] = code_state()
+    results["cpu_layout"] = cpu_layout()
     items = corpus.build(mode.corpus, log=log)
     n_short = sum(i.kind == "short" for i in items)
     longs = [i for i in items if i.kind == "long"]
@@ -178,6 +179,16 @@ def main(argv: list[str] | None = None) -> int:
                                 "sections are affected by other processes (see 'cores busy machine-wide').")
     _write(results, args.quick)
     return 0
+
+
+def cpu_layout() -> dict:
+    """How the engine limit and asrq's worker split the cores (both read the same ASRQ_* settings)."""
+    from app.settings import Settings
+    from workers.engines.whisper_engine import cpu_layout as layout
+
+    s = Settings()
+    decoders, threads_each = layout(s.cpu_threads, s.cpu_decoders)
+    return {"decoders": decoders, "threads_each": threads_each}
 
 
 def code_state() -> dict:

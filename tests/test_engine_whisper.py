@@ -8,7 +8,7 @@ from tests.audio_fixtures import SR, espeak, load_clip
 from tests.services import AUDIO
 from tests.wer import reference, wer
 from workers.engines.base import ChunkText, DecodeOptions, EngineSpec, Word
-from workers.engines.whisper_engine import has_uncovered_speech
+from workers.engines.whisper_engine import cpu_layout, has_uncovered_speech
 
 
 def _words(*spans: tuple[float, float]) -> ChunkText:
@@ -22,6 +22,16 @@ def test_coverage_rule():
     assert has_uncovered_speech(_words((0.1, 2.0), (5.0, 9.9)), 10.0)  # a 3 s hole inside
     assert has_uncovered_speech(ChunkText(text="", words=[]), 10.0)
     assert not has_uncovered_speech(ChunkText(text="", words=[]), 1.5)
+
+
+def test_cpu_layout_splits_threads_over_decoders():
+    import os
+
+    assert cpu_layout(8, 0) == (8, 1)  # default: one single-thread decoder per core
+    assert cpu_layout(8, 2) == (2, 4)
+    assert cpu_layout(8, 3) == (3, 2)
+    assert cpu_layout(2, 6) == (2, 1)  # never more decoders than threads
+    assert cpu_layout() == (len(os.sched_getaffinity(0)), 1)
 
 
 @pytest.fixture(scope="module")
@@ -39,6 +49,11 @@ def test_batch_equals_alone_and_order_does_not_matter(engine):
     alone = [engine.transcribe_batch([c], DecodeOptions())[0] for c in clips]
     reversed_ = engine.transcribe_batch(clips[::-1], DecodeOptions())[::-1]
     assert [r.text for r in batch] == [r.text for r in alone] == [r.text for r in reversed_]
+    if engine.decoders == 1:  # a one-core machine: check the side-by-side path with two decoders anyway
+        from workers.engines.whisper_engine import WhisperEngine
+
+        two = WhisperEngine(EngineSpec("whisper", "bundled:tiny.en"), cpu_threads=2, cpu_decoders=2)
+        assert [r.text for r in two.transcribe_batch(clips, DecodeOptions())] == [r.text for r in alone]
     for name, r, clip in zip(names, batch, clips):
         assert wer(reference(name), r.text) <= 0.15, (name, r.text)
         assert all(0 <= w.start_s <= w.end_s <= len(clip) / SR + 0.05 for w in r.words)

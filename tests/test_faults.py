@@ -166,11 +166,13 @@ def test_postgres_restart(fstack, baseline):
 def test_storage_outage(fstack, baseline):
     ids = _submit(fstack)
     _wait_for_running_chunk()
+    queued = _submit(fstack, FILES[1:])  # their prepares meet the outage while fetching the upload
     fstack.relay.cut()
     wait_port_closed(fstack.relay.port)
     more = {}
     try:
-        time.sleep(6)
+        # longer than three quick retries (1 + 2 + 4 s): an outage must cost time, not attempts
+        time.sleep(12)
         with fstack.client() as c:
             r = c.http.post("/v1/jobs", files={"file": ("x.wav", (AUDIO / FILES[1]).read_bytes())})
             assert r.status_code == 503, r.text  # an upload cannot be stored now: retry later
@@ -178,6 +180,7 @@ def test_storage_outage(fstack, baseline):
         fstack.relay.restore()
     more = _submit(fstack, FILES[1:2])
     _assert_clean(fstack, ids, baseline, _wait(fstack, ids, 300))
+    _assert_clean(fstack, queued, baseline, _wait(fstack, queued, 300))
     _assert_clean(fstack, more, baseline, _wait(fstack, more, 300))
 
 

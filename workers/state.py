@@ -11,7 +11,7 @@ import uuid
 from dataclasses import dataclass
 from datetime import timedelta
 
-from sqlalchemy import delete, func, insert, select, update
+from sqlalchemy import case, delete, func, insert, select, update
 from sqlalchemy.orm import Session
 
 from app.db.models import TERMINAL_JOB_STATES, Batch, Chunk, ChunkState, Job, JobState, utcnow
@@ -56,9 +56,14 @@ def begin_prepare(session: Session, job_id: uuid.UUID, max_attempts: int, stale_
 
 
 def requeue_prepare(session: Session, job_id: uuid.UUID) -> None:
-    """PREPARING -> QUEUED after a transient failure, so the retried message may take it again."""
+    """PREPARING -> QUEUED after a transient failure, so the retried message may take it again.
+
+    The attempt is given back: attempts count prepares that never finished (a dead worker, a poison
+    file), and this one finished with an error a retry can clear. The message's own retry count
+    bounds transient retries (tasks/policy.py)."""
     session.execute(update(Job).where(Job.id == job_id, Job.state == JobState.PREPARING)
-                    .values(state=JobState.QUEUED, updated_at=utcnow()))
+                    .values(state=JobState.QUEUED, updated_at=utcnow(),
+                            prepare_attempts=case((Job.prepare_attempts > 0, Job.prepare_attempts - 1), else_=0)))
     session.commit()
 
 
@@ -199,6 +204,20 @@ def release_chunks(session: Session, work: list[ChunkWork], error: str) -> None:
         .values(state=ChunkState.PENDING, lease_until=None, error=error[:2000], updated_at=utcnow())
     )
     session.commit()
+
+
+def release_unreadable(session: Session, work: list[ChunkWork], error: str) -> dict[uuid.UUID, int]:
+    """Give back chunks whose audio could not be read (storage down) without charging the attempt their
+    claim counted; returns each chunk's count of such failures, which bounds and paces its retries."""
+    ids = [w.chunk_id for w in work]
+    session.execute(
+        update(Chunk)
+        .where(Chunk.id.in_(ids), Chunk.state == ChunkState.RUNNING)
+        .values(state=ChunkState.PENDING, lease_until=None, error=error[:2000], updated_at=utcnow(),
+                attempts=Chunk.attempts - 1, storage_failures=Chunk.storage_failures + 1)
+    )
+    session.commit()
+    return dict(session.execute(select(Chunk.id, Chunk.storage_failures).where(Chunk.id.in_(ids))).all())
 
 
 def fail_chunks(session: Session, work: list[ChunkWork], error: str) -> None:

@@ -128,6 +128,8 @@ class Chunk(Base):
     end_ms: Mapped[int] = mapped_column(Integer)
     state: Mapped[ChunkState] = mapped_column(_enum(ChunkState), default=ChunkState.PENDING)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
+    # reads of the prepared audio that failed (storage down): retried with backoff, not charged as attempts
+    storage_failures: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     lease_until: Mapped[datetime | None] = mapped_column(TZ)
     batch_id: Mapped[uuid.UUID | None] = mapped_column(Uuid)
     text: Mapped[str | None] = mapped_column(Text)

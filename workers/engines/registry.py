@@ -27,7 +27,8 @@ def get_engine(engine: str, model: str) -> Engine:
     if engine == "whisper":
         from workers.engines.whisper_engine import WhisperEngine
 
-        loaded: Engine = WhisperEngine(spec, settings.device, settings.fp16, settings.cpu_threads, settings.models_dir)
+        loaded: Engine = WhisperEngine(spec, settings.device, settings.fp16, settings.cpu_threads, settings.models_dir,
+                                       settings.cpu_decoders)
     elif engine == "funasr":
         from workers.engines.funasr_engine import FunASREngine
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -35,20 +36,23 @@ class WhisperEngine(Engine):
     supports_hotwords = True  # faster-whisper takes hotwords as a decoder prompt
 
     def __init__(self, spec: EngineSpec, device: str = "cpu", fp16: bool = True, cpu_threads: int = 0,
-                 models_dir: Path | None = None) -> None:
+                 models_dir: Path | None = None, cpu_decoders: int = 0) -> None:
         from faster_whisper import BatchedInferencePipeline, WhisperModel
 
         self.spec = spec
         self.device = device
-        compute_type = ("float16" if fp16 else "float32") if device.startswith("cuda") else "int8"
-        threads = cpu_threads or len(os.sched_getaffinity(0))
+        on_gpu = device.startswith("cuda")
+        compute_type = ("float16" if fp16 else "float32") if on_gpu else "int8"
+        self.decoders, threads_each = (1, 0) if on_gpu else cpu_layout(cpu_threads, cpu_decoders)
         self.model = WhisperModel(
             resolve_model_path(spec.model, models_dir),
-            device="cuda" if device.startswith("cuda") else "cpu",
+            device="cuda" if on_gpu else "cpu",
             compute_type=compute_type,
-            cpu_threads=threads,
+            cpu_threads=threads_each,
+            num_workers=self.decoders,  # CTranslate2 replicas on one device share the weights
             local_files_only=True,
         )
+        self._pool = ThreadPoolExecutor(self.decoders, thread_name_prefix="decoder") if self.decoders > 1 else None
         self.pipeline = BatchedInferencePipeline(self.model)
         logging.getLogger("faster_whisper").setLevel(logging.WARNING)
         self.multilingual = self.model.model.is_multilingual
@@ -57,18 +61,11 @@ class WhisperEngine(Engine):
         if not audios:
             return []
         language = options.language or ("en" if not self.multilingual else None)
-        if language is None:
-            # one batch must share one language: detect per chunk and decode each language group
-            return self._by_detected_language(audios, options)
         try:
-            if not self.device.startswith("cuda"):
-                # On CPU, CTranslate2 gains nothing from batching (measured on 2 cores, tiny.en int8:
-                # 16 chunks take 16.8 s batched, 13.8 s one by one; the encoder, which always sees a
-                # full 30 s window, is ~60 % of it). The sequential decoder also seeks and falls back,
-                # so no second pass is needed. The worker still batches the scheduling and the I/O.
-                return [self._decode_alone(a[: int(self.max_chunk_s * SAMPLE_RATE)], language, options)
-                        for a in audios]
-            return self._decode(audios, language, options)
+            if language is None:
+                # one batch must share one language: detect per chunk and decode each language group
+                return self._by_detected_language(audios, options)
+            return self._decode_language(audios, language, options)
         except RuntimeError as e:
             if "out of memory" in str(e).lower():
                 raise EngineOutOfMemory(str(e)) from e
@@ -79,9 +76,19 @@ class WhisperEngine(Engine):
         out: list[ChunkText | None] = [None] * len(audios)
         for lang in sorted(set(langs)):
             idx = [i for i, lg in enumerate(langs) if lg == lang]
-            for i, res in zip(idx, self._decode([audios[i] for i in idx], lang, options)):
+            for i, res in zip(idx, self._decode_language([audios[i] for i in idx], lang, options)):
                 out[i] = res
         return [r for r in out if r is not None]
+
+    def _decode_language(self, audios: list[np.ndarray], language: str, options: DecodeOptions) -> list[ChunkText]:
+        if self.device.startswith("cuda"):
+            return self._decode(audios, language, options)
+        # On CPU, CTranslate2 gains nothing from batching (measured on 2 cores, tiny.en int8: 16 chunks
+        # take 16.8 s batched, 13.8 s one by one; the encoder, which always sees a full 30 s window, is
+        # ~60 % of it) but a lot from decoding whole chunks side by side (see Settings.cpu_decoders).
+        # The sequential decoder also seeks and falls back, so no second pass is needed. The worker
+        # still batches the scheduling and the I/O.
+        return self._decode_each(audios, language, options)
 
     def _decode(self, audios: list[np.ndarray], language: str, options: DecodeOptions) -> list[ChunkText]:
         # The batched pipeline takes one array and clip boundaries: lay the chunks end to end and
@@ -128,6 +135,13 @@ class WhisperEngine(Engine):
                     results[i] = second
         return results
 
+    def _decode_each(self, audios: list[np.ndarray], language: str, options: DecodeOptions) -> list[ChunkText]:
+        clipped = [a[: int(self.max_chunk_s * SAMPLE_RATE)] for a in audios]
+        if self._pool is None or len(clipped) == 1:
+            return [self._decode_alone(a, language, options) for a in clipped]
+        # list(): every chunk's result (or its exception) is collected inside this call
+        return list(self._pool.map(lambda a: self._decode_alone(a, language, options), clipped))
+
     def _decode_alone(self, audio: np.ndarray, language: str, options: DecodeOptions) -> ChunkText:
         """Whisper's sequential decoder on one chunk: it seeks past where a window stopped and falls back
         to higher temperatures on repetitive or unlikely output, which the one-shot batched pass cannot."""
@@ -138,6 +152,14 @@ class WhisperEngine(Engine):
         words = [Word(round(w.start, 3), round(max(w.start, w.end), 3), w.word.strip())
                  for seg in list(segments) for w in (seg.words or [])]
         return ChunkText(text=" ".join(w.word for w in words), words=words, language=language)
+
+
+def cpu_layout(threads: int = 0, decoders: int = 0) -> tuple[int, int]:
+    """(decoders, threads per decoder) for CPU inference: ``threads`` in all (0: every core this process
+    may use), split over ``decoders`` parallel decoders (0: one per thread)."""
+    total = threads or len(os.sched_getaffinity(0))
+    n = max(1, min(decoders or total, total))
+    return n, max(1, total // n)
 
 
 # A batched pass decodes each chunk in one go and keeps what the model wrote before it stopped; tiny

@@ -28,10 +28,15 @@ def backoff_s(retries: int) -> float:
     return min(get_settings().retry_backoff_max_s, 2.0 ** retries)
 
 
+def transient_retry_limit() -> int:
+    """How many times a step retries an error that a retry can clear (an outage) before it gives up:
+    with the capped backoff, about 23 minutes of outage at the defaults."""
+    return get_settings().max_attempts * 4
+
+
 def run_job_step(task: Task, job_id: str, step: Callable[[uuid.UUID], None], what: str,
                  on_transient: Callable | None = None) -> None:
     jid = uuid.UUID(job_id)
-    max_attempts = get_settings().max_attempts
     try:
         step(jid)
     except Retry:
@@ -42,7 +47,7 @@ def run_job_step(task: Task, job_id: str, step: Callable[[uuid.UUID], None], wha
         _fail(jid, f"{what} exceeded its time limit")
     except TRANSIENT as e:
         # retries are counted on the message; a transient error that never clears still ends
-        if task.request.retries + 1 >= max_attempts * 4:
+        if task.request.retries + 1 >= transient_retry_limit():
             _fail(jid, f"{what} failed: {type(e).__name__} persisted over {task.request.retries + 1} retries")
             return
         log.warning("job=%s %s transient error %s, retry %d", jid, what, type(e).__name__, task.request.retries + 1)

@@ -37,9 +37,10 @@ from workers.state import (
     open_chunks,
     record_batch,
     release_chunks,
+    release_unreadable,
     save_results,
 )
-from workers.tasks.policy import TRANSIENT, backoff_s
+from workers.tasks.policy import TRANSIENT, backoff_s, transient_retry_limit
 
 log = logging.getLogger("asrq.transcribe")
 _settings = get_settings()
@@ -147,14 +148,13 @@ def _run_batch(batch: list[ChunkWork], audios: list[np.ndarray | Exception], wor
     settings = get_settings()
     ok = [(w, a) for w, a in zip(batch, audios) if not isinstance(a, Exception)]
     missing = [w for w, a in zip(batch, audios) if isinstance(a, ObjectNotFound)]
-    unreadable = [w for w, a in zip(batch, audios) if isinstance(a, Exception) and not isinstance(a, ObjectNotFound)]
+    unreadable = [(w, a) for w, a in zip(batch, audios)
+                  if isinstance(a, Exception) and not isinstance(a, ObjectNotFound)]
     with session_scope() as s:
         if missing:
             fail_chunks(s, missing, "the prepared audio is missing from storage")
-        if unreadable:
-            release_chunks(s, unreadable, "storage read failed")
     if unreadable:
-        try_send(lambda ids: send_transcribe(ids, countdown=backoff_s(2)), [w.chunk_id for w in unreadable])
+        _retry_unreadable([w for w, _ in unreadable], unreadable[0][1])
     if not ok:
         return
     o = ok[0][0].options
@@ -186,6 +186,22 @@ def _run_batch(batch: list[ChunkWork], audios: list[np.ndarray | Exception], wor
                 return
             release_chunks(s, [w], reason)
         try_send(lambda ids: send_transcribe(ids, countdown=backoff_s(w.attempts)), [w.chunk_id])
+
+
+def _retry_unreadable(work: list[ChunkWork], error: Exception) -> None:
+    """Storage is down or flaky: not the audio's fault, so no attempt is charged; retried with backoff
+    until the outage has lasted too long, then the job fails with the reason."""
+    reason = f"the prepared audio could not be read from storage ({type(error).__name__})"
+    with session_scope() as s:
+        failures = release_unreadable(s, work, reason)
+        gave_up = [w for w in work if failures.get(w.chunk_id, 0) >= transient_retry_limit()]
+        if gave_up:
+            fail_chunks(s, gave_up, f"{reason}; gave up after {transient_retry_limit()} tries")
+    for w in work:
+        if w not in gave_up:
+            log.warning("job=%s chunk=%d %s, retry %d", w.job_id, w.index, reason, failures.get(w.chunk_id, 0))
+            try_send(lambda ids, n=failures.get(w.chunk_id, 0): send_transcribe(ids, countdown=backoff_s(n)),
+                     [w.chunk_id])
 
 
 def _is_oom(e: Exception) -> bool:
