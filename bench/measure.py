@@ -148,6 +148,19 @@ def corpus_wer(refs: list[str], hyps: list[str]) -> float:
     return out.wer
 
 
+def cpu_probe_ms() -> float:
+    """Milliseconds for a fixed single-core loop, best of 3. Sections run one after another, so a shared
+    or throttled machine that slows down between them skews their ratios; this shows it."""
+    best = float("inf")
+    for _ in range(3):
+        t0 = time.perf_counter()
+        x = 0
+        for i in range(1_000_000):
+            x += i * i
+        best = min(best, time.perf_counter() - t0)
+    return round(best * 1000, 1)
+
+
 def machine() -> dict:
     cpu = "unknown"
     try:

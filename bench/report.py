@@ -219,6 +219,9 @@ def details(r: dict) -> list[str]:
         if lat["send_lag_p99_ms"] > 5.0:
             out.append(f"  - the generator itself left late (p99 {lat['send_lag_p99_ms']} ms behind schedule): "
                        "the machine was too busy for a clean measurement")
+    if pr := r.get("cpu_probe_ms"):
+        out.append("- CPU speed probe (ms for a fixed single-core loop, best of 3; lower is faster), taken before "
+                   "each section: " + ", ".join(f"{k} {v}" for k, v in pr.items()))
     if fc := r.get("first_chunk"):
         out.append(f"- Time to first chunk: trials {fc['trials_s']} s (submit by URI -> first chunk row DONE)")
     for note in r.get("notes", []):

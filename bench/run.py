@@ -148,13 +148,17 @@ def main(argv: list[str] | None = None) -> int:
         f"(English clips of shared/audio re-encoded) + {len(longs)} long of "
         f"{', '.join(f'{i.duration_s / 60:.1f}' for i in longs)} min (clips + espeak-ng sentences with pauses); "
         f"{sum(len(i.chunks) for i in items)} chunks as prepare plans them")
+    probes = results["cpu_probe_ms"] = {"start": measure.cpu_probe_ms()}
     if "limit" in sections:
+        probes["limit"] = measure.cpu_probe_ms()
         log("1/3 engine limit: WhisperEngine.transcribe_batch on the chunk audio, one process")
         results["limit"] = engine_limit(items)
     if "naive" in sections:
+        probes["naive"] = measure.cpu_probe_ms()
         log("2/3 naive loop: WhisperModel.transcribe(file), one file at a time")
         results["naive"] = naive(items)
     if sections & {"asrq", "service"}:
+        probes["asrq"] = measure.cpu_probe_ms()
         log("3/3 asrq: the real stack")
         on_stack(items, mode, sections, results)
     if "memory" in sections:
@@ -169,6 +173,10 @@ def main(argv: list[str] | None = None) -> int:
             # CPU seconds of the section's own processes (asrq: API + both workers; not Postgres, Redis, S3)
             sec["cpu_s"] = sum(v for n, v in sec["usage"]["cpu_s"].items() if n in ("child", "api", "cpu-worker",
                                                                                       "gpu-worker"))
+    probes["end"] = measure.cpu_probe_ms()
+    if (spread := max(probes.values()) / min(probes.values()) - 1) > 0.10:
+        results["notes"].append(f"The machine's speed drifted by {spread:.0%} during the run (CPU probe above): "
+                                "sections ran at different speeds, so their ratios are skewed; run again.")
     results["run_s"] = time.monotonic() - t_start
     if code_state()["fingerprint"] != results["code"]["fingerprint"]:
         results["notes"].append("The product code (app/, workers/) changed while this ran: sections may have "
