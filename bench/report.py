@@ -221,7 +221,8 @@ def details(r: dict) -> list[str]:
                        "the machine was too busy for a clean measurement")
     if pr := r.get("cpu_probe_ms"):
         out.append("- CPU speed probe (ms for a fixed single-core loop, best of 3; lower is faster), taken before "
-                   "each section: " + ", ".join(f"{k} {v}" for k, v in pr.items()))
+                   "each section once the machine had settled (up to 4 min idle): "
+                   + ", ".join(f"{k} {v}" for k, v in pr.items()))
     if fc := r.get("first_chunk"):
         out.append(f"- Time to first chunk: trials {fc['trials_s']} s (submit by URI -> first chunk row DONE)")
     for note in r.get("notes", []):
