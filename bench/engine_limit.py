@@ -45,7 +45,7 @@ def main(inp: Path, out: Path) -> None:
     budget_s = cfg.get("batch_audio_s") or settings.batch_audio_s
     max_items = cfg.get("batch_max_requests") or settings.batch_max_requests
     engine = load_engine(cfg.get("engine", "whisper"), cfg["model"], cfg.get("device", "cpu"), settings.cpu_threads,
-                         settings.cpu_decoders)
+                         cfg.get("cpu_decoders", settings.cpu_decoders))
     options = DecodeOptions(language=cfg.get("language"), beam_size=cfg["beam_size"])
     with tempfile.TemporaryDirectory(prefix="asrq-limit-", dir=cfg["tmp"]) as tmp:
         # decoded PCM on local disk, read per batch (as the worker reads ranges): the corpus never sits
