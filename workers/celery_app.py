@@ -71,6 +71,10 @@ def make_celery(settings: Settings | None = None) -> Celery:
         task_reject_on_worker_lost=True,
         # one prepare at a time per process: a long decode must not hold other jobs hostage in prefetch
         worker_prefetch_multiplier=1,
+        # a new pool process loads FSMN-VAD (FunASR and torch imports) before it reports in; Celery's
+        # default 4 s was exceeded on a busy 2-core machine, and then it killed and re-forked the child
+        # forever (observed: 150 restarts in 10 minutes, no task served)
+        worker_proc_alive_timeout=120.0,
         # hard limits well above the longest measured run; the soft limit, a minute earlier, lets the task
         # store its failure. Transcribe workers run the solo pool, where Celery cannot enforce limits:
         # there the chunk lease (ASRQ_CHUNK_LEASE_S) hands a stuck batch's chunks to another worker.
