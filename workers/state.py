@@ -198,26 +198,24 @@ def _advance(session: Session, job_id: uuid.UUID) -> bool:
 
 def release_chunks(session: Session, work: list[ChunkWork], error: str) -> None:
     """Give chunks back for another attempt (their message is re-sent by the caller)."""
-    session.execute(
-        update(Chunk)
-        .where(Chunk.id.in_([w.chunk_id for w in work]), Chunk.state == ChunkState.RUNNING)
-        .values(state=ChunkState.PENDING, lease_until=None, error=error[:2000], updated_at=utcnow())
-    )
-    session.commit()
+    _give_back(session, [w.chunk_id for w in work], error)
 
 
 def release_unreadable(session: Session, work: list[ChunkWork], error: str) -> dict[uuid.UUID, int]:
     """Give back chunks whose audio could not be read (storage down) without charging the attempt their
     claim counted; returns each chunk's count of such failures, which bounds and paces its retries."""
     ids = [w.chunk_id for w in work]
+    _give_back(session, ids, error, attempts=Chunk.attempts - 1, storage_failures=Chunk.storage_failures + 1)
+    return dict(session.execute(select(Chunk.id, Chunk.storage_failures).where(Chunk.id.in_(ids))).all())
+
+
+def _give_back(session: Session, ids: list[uuid.UUID], error: str, **counters: object) -> None:
     session.execute(
         update(Chunk)
         .where(Chunk.id.in_(ids), Chunk.state == ChunkState.RUNNING)
-        .values(state=ChunkState.PENDING, lease_until=None, error=error[:2000], updated_at=utcnow(),
-                attempts=Chunk.attempts - 1, storage_failures=Chunk.storage_failures + 1)
+        .values(state=ChunkState.PENDING, lease_until=None, error=error[:2000], updated_at=utcnow(), **counters)
     )
     session.commit()
-    return dict(session.execute(select(Chunk.id, Chunk.storage_failures).where(Chunk.id.in_(ids))).all())
 
 
 def fail_chunks(session: Session, work: list[ChunkWork], error: str) -> None:

@@ -192,16 +192,19 @@ def _retry_unreadable(work: list[ChunkWork], error: Exception) -> None:
     """Storage is down or flaky: not the audio's fault, so no attempt is charged; retried with backoff
     until the outage has lasted too long, then the job fails with the reason."""
     reason = f"the prepared audio could not be read from storage ({type(error).__name__})"
+    limit = transient_retry_limit()
     with session_scope() as s:
         failures = release_unreadable(s, work, reason)
-        gave_up = [w for w in work if failures.get(w.chunk_id, 0) >= transient_retry_limit()]
+        gave_up = [w for w in work if failures.get(w.chunk_id, 0) >= limit]
         if gave_up:
-            fail_chunks(s, gave_up, f"{reason}; gave up after {transient_retry_limit()} tries")
-    for w in work:
-        if w not in gave_up:
-            log.warning("job=%s chunk=%d %s, retry %d", w.job_id, w.index, reason, failures.get(w.chunk_id, 0))
-            try_send(lambda ids, n=failures.get(w.chunk_id, 0): send_transcribe(ids, countdown=backoff_s(n)),
-                     [w.chunk_id])
+            fail_chunks(s, gave_up, f"{reason}; gave up after {limit} tries")
+    retry = [w for w in work if failures.get(w.chunk_id, 0) < limit]
+    for w in retry:
+        log.warning("job=%s chunk=%d %s, retry %d", w.job_id, w.index, reason, failures.get(w.chunk_id, 0))
+    # one publish per backoff step, not one per chunk
+    for group in group_by(retry, lambda w: failures.get(w.chunk_id, 0)):
+        n = failures.get(group[0].chunk_id, 0)
+        try_send(lambda ids, n=n: send_transcribe(ids, countdown=backoff_s(n)), [w.chunk_id for w in group])
 
 
 def _is_oom(e: Exception) -> bool:
