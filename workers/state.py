@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import timedelta
 
 from sqlalchemy import case, delete, func, insert, select, update
@@ -28,23 +28,27 @@ def log_state(job: Job | uuid.UUID, state: JobState, **extra: object) -> None:
     log.info("job=%s state=%s elapsed_s=%.3f %s", job_id, state.value, elapsed, tail)
 
 
-def begin_prepare(session: Session, job_id: uuid.UUID, max_attempts: int, stale_s: float) -> Job | None:
-    """QUEUED -> PREPARING with one more attempt; None when the job needs no preparing.
+def begin_prepare(session: Session, job_id: uuid.UUID, max_attempts: int, lease_s: float) -> Job | None:
+    """QUEUED -> PREPARING with one more attempt and a lease; None when the job needs no preparing.
 
-    A job already PREPARING is taken over only when its heartbeat stopped (its worker died): a
-    duplicate message must not start a second prepare beside a live one.
+    A job already PREPARING is taken over only when its holder's lease ran out (the holder died: its
+    heartbeat stopped). A duplicate message meets a live lease and does nothing, so there is never a
+    second prepare beside a live one, and a prepare that died is always taken over, charging an attempt.
     """
     job_id = uuid.UUID(str(job_id))
-    stale = utcnow() - timedelta(seconds=stale_s)
+    now = utcnow()
     res = session.execute(
         update(Job)
         .where(Job.id == job_id,
-               (Job.state == JobState.QUEUED) | ((Job.state == JobState.PREPARING) & (Job.updated_at < stale)))
+               (Job.state == JobState.QUEUED)
+               | ((Job.state == JobState.PREPARING) & ((Job.lease_until < now) | Job.lease_until.is_(None))))
         .values(state=JobState.PREPARING, prepare_attempts=Job.prepare_attempts + 1,
-                started_at=func.coalesce(Job.started_at, utcnow()), updated_at=utcnow())
+                lease_until=now + timedelta(seconds=lease_s),
+                started_at=func.coalesce(Job.started_at, now), updated_at=now)
     )
     session.commit()
     if not res.rowcount:
+        log.debug("job=%s prepare: nothing to do (not QUEUED, or held by a live lease)", job_id)
         return None
     job = session.get(Job, job_id, populate_existing=True)
     assert job is not None
@@ -55,6 +59,18 @@ def begin_prepare(session: Session, job_id: uuid.UUID, max_attempts: int, stale_
     return job
 
 
+def renew_job_lease(session: Session, job_id: uuid.UUID, state: JobState, attempt: int, lease_s: float) -> bool:
+    """The holder's heartbeat: extend the lease if this holder (state + attempt) still has the job.
+    False means the job was cancelled, failed or taken over: the holder should stop."""
+    attempts = Job.prepare_attempts if state == JobState.PREPARING else Job.finalize_attempts
+    res = session.execute(
+        update(Job).where(Job.id == job_id, Job.state == state, attempts == attempt)
+        .values(lease_until=utcnow() + timedelta(seconds=lease_s))
+    )
+    session.commit()
+    return bool(res.rowcount)
+
+
 def requeue_prepare(session: Session, job_id: uuid.UUID) -> None:
     """PREPARING -> QUEUED after a transient failure, so the retried message may take it again.
 
@@ -62,15 +78,18 @@ def requeue_prepare(session: Session, job_id: uuid.UUID) -> None:
     file), and this one finished with an error a retry can clear. The message's own retry count
     bounds transient retries (tasks/policy.py)."""
     session.execute(update(Job).where(Job.id == job_id, Job.state == JobState.PREPARING)
-                    .values(state=JobState.QUEUED, updated_at=utcnow(),
+                    .values(state=JobState.QUEUED, updated_at=utcnow(), lease_until=None,
                             prepare_attempts=case((Job.prepare_attempts > 0, Job.prepare_attempts - 1), else_=0)))
     session.commit()
 
 
-def save_plan(session: Session, job_id: uuid.UUID, plans: list[ChunkPlan], duration_s: float) -> list[uuid.UUID]:
-    """Write the chunk rows and move PREPARING -> TRANSCRIBING (or FINALIZING when there is no speech)."""
+def save_plan(session: Session, job_id: uuid.UUID, attempt: int, plans: list[ChunkPlan],
+              duration_s: float) -> list[uuid.UUID]:
+    """Write the chunk rows and move PREPARING -> TRANSCRIBING (or FINALIZING when there is no speech).
+
+    Fenced by the prepare attempt: a prepare whose lease ran out and was taken over stores nothing."""
     job = session.scalar(select(Job).where(Job.id == job_id).with_for_update())
-    if job is None or job.state != JobState.PREPARING:
+    if job is None or job.state != JobState.PREPARING or job.prepare_attempts != attempt:
         session.rollback()
         return []
     session.execute(delete(Chunk).where(Chunk.job_id == job_id))  # a re-run prepare replaces its plan
@@ -83,6 +102,7 @@ def save_plan(session: Session, job_id: uuid.UUID, plans: list[ChunkPlan], durat
         session.execute(insert(Chunk), rows)
     state = JobState.TRANSCRIBING if rows else JobState.FINALIZING
     job.state = state
+    job.lease_until = None
     job.duration_s = duration_s
     job.chunks_total = len(rows)
     job.chunks_done = 0
@@ -101,6 +121,7 @@ class ChunkWork:
     end_ms: int
     attempts: int
     options: dict
+    claim_id: uuid.UUID | None = None  # set once claimed: the fencing token every later write must match
 
     @property
     def duration_s(self) -> float:
@@ -108,7 +129,8 @@ class ChunkWork:
 
 
 def _work_query(ids: list[uuid.UUID]):  # noqa: ANN202
-    return (select(Chunk.id, Chunk.job_id, Chunk.index, Chunk.start_ms, Chunk.end_ms, Chunk.attempts, Job.options)
+    return (select(Chunk.id, Chunk.job_id, Chunk.index, Chunk.start_ms, Chunk.end_ms, Chunk.attempts, Job.options,
+                   Chunk.claim_id)
             .join(Job, Job.id == Chunk.job_id).where(Chunk.id.in_(ids)))
 
 
@@ -119,7 +141,7 @@ def open_chunks(session: Session, chunk_ids: list[uuid.UUID]) -> list[ChunkWork]
         _work_query(ids).where(Chunk.state.in_([ChunkState.PENDING, ChunkState.RUNNING]),
                                Job.state == JobState.TRANSCRIBING)
     ).all()
-    return [ChunkWork(*r) for r in rows]
+    return [replace(ChunkWork(*r), claim_id=None) for r in rows]
 
 
 def claim_chunks(session: Session, chunk_ids: list[uuid.UUID], lease_s: float,
@@ -127,9 +149,11 @@ def claim_chunks(session: Session, chunk_ids: list[uuid.UUID], lease_s: float,
     """Take a lease on chunks nobody holds. Returns (claimed, exhausted): exhausted ones ran out of attempts.
 
     The conditional UPDATE is the lock: of two workers handed the same chunk, one wins, the other
-    gets nothing back. Each claim counts an attempt, so a chunk that kills its worker runs out.
+    gets nothing back. Each claim counts an attempt, so a chunk that kills its worker runs out, and
+    writes a fresh claim id: a worker whose lease ran out can no longer store, release or fail it.
     """
     now = utcnow()
+    claim_id = uuid.uuid4()
     ids = [uuid.UUID(str(c)) for c in chunk_ids]
     live_jobs = select(Job.id).where(Job.state == JobState.TRANSCRIBING)
     res = session.execute(
@@ -139,7 +163,7 @@ def claim_chunks(session: Session, chunk_ids: list[uuid.UUID], lease_s: float,
             Chunk.job_id.in_(live_jobs),
             (Chunk.state == ChunkState.PENDING) | ((Chunk.state == ChunkState.RUNNING) & (Chunk.lease_until < now)),
         )
-        .values(state=ChunkState.RUNNING, attempts=Chunk.attempts + 1,
+        .values(state=ChunkState.RUNNING, attempts=Chunk.attempts + 1, claim_id=claim_id,
                 lease_until=now + timedelta(seconds=lease_s), updated_at=now)
         .returning(Chunk.id)
         .execution_options(synchronize_session=False)
@@ -150,6 +174,26 @@ def claim_chunks(session: Session, chunk_ids: list[uuid.UUID], lease_s: float,
         return [], []
     work = [ChunkWork(*r) for r in session.execute(_work_query(claimed_ids)).all()]
     return [w for w in work if w.attempts <= max_attempts], [w for w in work if w.attempts > max_attempts]
+
+
+def _held(work: list[ChunkWork]):  # noqa: ANN202
+    """The rows of these chunks that are still held by the claims these work items came from."""
+    return (Chunk.id.in_([w.chunk_id for w in work]), Chunk.state == ChunkState.RUNNING,
+            Chunk.claim_id.in_({w.claim_id for w in work}))
+
+
+def touch_pending(session: Session, chunk_ids: list[uuid.UUID]) -> None:
+    """A transcribe worker's heartbeat for chunks it was handed but has not claimed yet."""
+    session.execute(update(Chunk).where(Chunk.id.in_(chunk_ids), Chunk.state == ChunkState.PENDING)
+                    .values(updated_at=utcnow()).execution_options(synchronize_session=False))
+    session.commit()
+
+
+def lock_jobs(session: Session, job_ids: set[uuid.UUID]) -> None:
+    """Lock order, everywhere: job rows first (in id order), then their chunk rows. Cancel, results,
+    failures and the reconciler all follow it, so two of them can never wait on each other in a cycle."""
+    if job_ids:
+        session.execute(select(Job.id).where(Job.id.in_(job_ids)).order_by(Job.id).with_for_update())
 
 
 def record_batch(session: Session, worker: str, engine: str, work: list[ChunkWork], infer_s: float) -> uuid.UUID:
@@ -164,14 +208,18 @@ def record_batch(session: Session, worker: str, engine: str, work: list[ChunkWor
 
 def save_results(session: Session, batch_id: uuid.UUID | None,
                  results: list[tuple[ChunkWork, str, list, str | None]]) -> list[uuid.UUID]:
-    """Store chunk results (first result wins) and return the jobs this call moved to FINALIZING."""
+    """Store chunk results and return the jobs this call moved to FINALIZING, in one transaction.
+
+    A chunk no longer held by this claim (finished by a twin, failed, cancelled, or re-claimed after
+    this worker's lease ran out) keeps what it has: the result is dropped."""
+    lock_jobs(session, {r[0].job_id for r in results})
+    now = utcnow()
     for work, text, words, language in results:
-        # a chunk no longer RUNNING was finished by a twin, failed, or cancelled: its result is dropped
         session.execute(
             update(Chunk)
-            .where(Chunk.id == work.chunk_id, Chunk.state == ChunkState.RUNNING)
+            .where(*_held([work]))
             .values(state=ChunkState.DONE, text=text, words=words, language=language, batch_id=batch_id,
-                    error=None, lease_until=None, updated_at=utcnow())
+                    error=None, lease_until=None, updated_at=now)
         )
     finished = [jid for jid in sorted({r[0].job_id for r in results}) if _advance(session, jid)]
     session.commit()
@@ -191,6 +239,7 @@ def _advance(session: Session, job_id: uuid.UUID) -> bool:
     job.chunks_done = done
     if job.chunks_total is not None and done >= job.chunks_total:
         job.state = JobState.FINALIZING
+        job.lease_until = None
         log_state(job, JobState.FINALIZING, chunks=done)
         return True
     return False
@@ -198,56 +247,115 @@ def _advance(session: Session, job_id: uuid.UUID) -> bool:
 
 def release_chunks(session: Session, work: list[ChunkWork], error: str) -> None:
     """Give chunks back for another attempt (their message is re-sent by the caller)."""
-    _give_back(session, [w.chunk_id for w in work], error)
+    _give_back(session, work, error)
 
 
-def release_unreadable(session: Session, work: list[ChunkWork], error: str) -> dict[uuid.UUID, int]:
+def release_unreadable(session: Session, work: list[ChunkWork], error: str,
+                       limit: int | None = None) -> dict[uuid.UUID, int]:
     """Give back chunks whose audio could not be read (storage down) without charging the attempt their
-    claim counted; returns each chunk's count of such failures, which bounds and paces its retries."""
+    claim counted; returns each chunk's count of such failures, which bounds and paces its retries. A
+    chunk whose count reaches ``limit`` fails its job instead (the outage lasted too long)."""
     ids = [w.chunk_id for w in work]
-    _give_back(session, ids, error, attempts=Chunk.attempts - 1, storage_failures=Chunk.storage_failures + 1)
-    return dict(session.execute(select(Chunk.id, Chunk.storage_failures).where(Chunk.id.in_(ids))).all())
+    before = dict(session.execute(select(Chunk.id, Chunk.storage_failures).where(Chunk.id.in_(ids))).all())
+    counts = {cid: before.get(cid, 0) + 1 for cid in ids}
+    gave_up = [w for w in work if limit is not None and counts[w.chunk_id] >= limit]
+    _give_back(session, [w for w in work if w not in gave_up], error,
+               attempts=Chunk.attempts - 1, storage_failures=Chunk.storage_failures + 1)
+    fail_chunks(session, gave_up, f"{error}; gave up after {limit} tries")
+    return counts
 
 
-def _give_back(session: Session, ids: list[uuid.UUID], error: str, **counters: object) -> None:
+def _give_back(session: Session, work: list[ChunkWork], error: str, **counters: object) -> None:
+    if not work:
+        return
     session.execute(
         update(Chunk)
-        .where(Chunk.id.in_(ids), Chunk.state == ChunkState.RUNNING)
+        .where(*_held(work))
         .values(state=ChunkState.PENDING, lease_until=None, error=error[:2000], updated_at=utcnow(), **counters)
     )
     session.commit()
 
 
 def fail_chunks(session: Session, work: list[ChunkWork], error: str) -> None:
-    """Chunks that cannot succeed: fail them and their jobs, with the reason stored."""
-    session.execute(
+    """Chunks that cannot succeed: fail them and their jobs, with the reason stored, in one transaction
+    (a worker dying between the two would leave a job TRANSCRIBING with a failed chunk)."""
+    if not work:
+        return
+    lock_jobs(session, {w.job_id for w in work})
+    res = session.execute(
         update(Chunk)
-        .where(Chunk.id.in_([w.chunk_id for w in work]), Chunk.state != ChunkState.DONE)
+        .where(*_held(work))
         .values(state=ChunkState.FAILED, error=error[:2000], lease_until=None, updated_at=utcnow())
+        .returning(Chunk.job_id, Chunk.index)
+        .execution_options(synchronize_session=False)
     )
+    failed: dict[uuid.UUID, list[int]] = {}
+    for job_id, index in res:
+        failed.setdefault(job_id, []).append(index)
+    reasons = {job_id: f"chunk {min(idx)} failed: {error}" for job_id, idx in failed.items()}
+    for job_id in sorted(reasons):
+        _fail_job_row(session, job_id, reasons[job_id])
     session.commit()
-    for job_id in sorted({w.job_id for w in work}):
-        idx = sorted(w.index for w in work if w.job_id == job_id)
-        fail_job(session, job_id, f"chunk {idx[0]} failed: {error}")
+    for job_id in sorted(reasons):
+        log_state(job_id, JobState.FAILED, reason=repr(reasons[job_id][:200]))
 
 
-def fail_job(session: Session, job_id: uuid.UUID, reason: str) -> bool:
+def _fail_job_row(session: Session, job_id: uuid.UUID, reason: str) -> bool:
     res = session.execute(
         update(Job)
         .where(Job.id == job_id, Job.state.not_in(list(TERMINAL_JOB_STATES)))
-        .values(state=JobState.FAILED, error=reason[:4000], finished_at=utcnow(), updated_at=utcnow())
+        .values(state=JobState.FAILED, error=reason[:4000], lease_until=None, finished_at=utcnow(),
+                updated_at=utcnow())
     )
-    session.commit()
-    if res.rowcount:
-        log_state(session.get(Job, job_id) or job_id, JobState.FAILED, reason=repr(reason[:200]))
     return bool(res.rowcount)
 
 
-def complete_job(session: Session, job_id: uuid.UUID, language: str | None) -> bool:
+def fail_job(session: Session, job_id: uuid.UUID, reason: str) -> bool:
+    moved = _fail_job_row(session, job_id, reason)
+    session.commit()
+    if moved:
+        log_state(session.get(Job, job_id) or job_id, JobState.FAILED, reason=repr(reason[:200]))
+    return moved
+
+
+def begin_finalize(session: Session, job_id: uuid.UUID, max_attempts: int, lease_s: float) -> int | None:
+    """Take the lease of a FINALIZING job; returns the attempt number, None when there is nothing to do
+    (finished meanwhile, or a live finalize holds it). Finalizes that never finished are bounded."""
+    now = utcnow()
     res = session.execute(
         update(Job)
-        .where(Job.id == job_id, Job.state == JobState.FINALIZING)
-        .values(state=JobState.COMPLETED, language=language, finished_at=utcnow(), updated_at=utcnow())
+        .where(Job.id == job_id, Job.state == JobState.FINALIZING,
+               (Job.lease_until < now) | Job.lease_until.is_(None))
+        .values(finalize_attempts=Job.finalize_attempts + 1, lease_until=now + timedelta(seconds=lease_s),
+                updated_at=now)
+        .returning(Job.finalize_attempts)
+    )
+    attempt = res.scalar()
+    session.commit()
+    if attempt is None:
+        return None
+    if attempt > max_attempts:
+        fail_job(session, job_id, f"finalizing the transcript failed {max_attempts} times; "
+                                  "last attempt did not finish")
+        return None
+    return attempt
+
+
+def requeue_finalize(session: Session, job_id: uuid.UUID) -> None:
+    """A finalize that met a transient error gives its lease and attempt back, so its retry may run."""
+    session.execute(update(Job).where(Job.id == job_id, Job.state == JobState.FINALIZING)
+                    .values(lease_until=None,
+                            finalize_attempts=case((Job.finalize_attempts > 0, Job.finalize_attempts - 1), else_=0)))
+    session.commit()
+
+
+def complete_job(session: Session, job_id: uuid.UUID, language: str | None, attempt: int | None = None) -> bool:
+    fenced = [Job.finalize_attempts == attempt] if attempt is not None else []
+    res = session.execute(
+        update(Job)
+        .where(Job.id == job_id, Job.state == JobState.FINALIZING, *fenced)
+        .values(state=JobState.COMPLETED, language=language, lease_until=None, finished_at=utcnow(),
+                updated_at=utcnow())
     )
     session.commit()
     if res.rowcount:

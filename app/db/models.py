@@ -101,6 +101,10 @@ class Job(Base):
     chunks_done: Mapped[int] = mapped_column(Integer, default=0)
     language: Mapped[str | None] = mapped_column(String(16))
     prepare_attempts: Mapped[int] = mapped_column(Integer, default=0)
+    finalize_attempts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    # the holder's lease while PREPARING or FINALIZING, kept alive by its heartbeat: an expired lease
+    # means the process holding the job died, and the reconciler hands the job to another worker
+    lease_until: Mapped[datetime | None] = mapped_column(TZ)
     error: Mapped[str | None] = mapped_column(Text)
 
     created_at: Mapped[datetime] = mapped_column(TZ, default=utcnow)
@@ -131,6 +135,8 @@ class Chunk(Base):
     # reads of the prepared audio that failed (storage down): retried with backoff, not charged as attempts
     storage_failures: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     lease_until: Mapped[datetime | None] = mapped_column(TZ)
+    # fencing token of the claim that holds the chunk: only that claim may store, release or fail it
+    claim_id: Mapped[uuid.UUID | None] = mapped_column(Uuid)
     batch_id: Mapped[uuid.UUID | None] = mapped_column(Uuid)
     text: Mapped[str | None] = mapped_column(Text)
     words: Mapped[list | None] = mapped_column(JSON)  # [[start_s, end_s, word], ...] relative to chunk
@@ -168,3 +174,6 @@ class ApiKey(Base):
     tenant: Mapped[str] = mapped_column(String(128))
     key_sha256: Mapped[str] = mapped_column(String(64), unique=True)
     created_at: Mapped[datetime] = mapped_column(TZ, default=utcnow)
+    # kept, not deleted: a revoked key still counts as "keys exist" (revoking the last key never
+    # opens the API) and its hash stops ASRQ_API_KEYS from adding it again at start-up
+    revoked_at: Mapped[datetime | None] = mapped_column(TZ)

@@ -10,19 +10,18 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
 
-from sqlalchemy import update
-
 from app.constants import PCM_BYTES_PER_SAMPLE, PCM_SAMPLE_RATE, TASK_PREPARE, pcm_key
-from app.db.models import Job, JobState, utcnow
+from app.db.models import JobState
 from app.db.session import session_scope
-from app.settings import get_settings
-from app.storage import get_store
+from app.settings import Settings, get_settings
+from app.storage import ObjectStore, get_store
 from workers.audio import decode_to_pcm, pcm_to_float
 from workers.celery_app import app
-from workers.chunking import ChunkingOptions, plan_chunks
+from workers.chunking import ChunkingOptions, ChunkPlan, plan_chunks
 from workers.dispatch import send_finalize, send_transcribe, try_send
 from workers.engines.registry import MAX_CHUNK_S
 from workers.fetch import fetch_source
+from workers.lease import JobLease
 from workers.state import begin_prepare, requeue_prepare, save_plan
 from workers.tasks.policy import run_job_step
 from workers.vad import speech_segments
@@ -37,36 +36,9 @@ def prepare(self, job_id: str) -> None:  # noqa: ANN001
     run_job_step(self, job_id, prepare_job, "preparing the audio", on_transient=requeue_prepare)
 
 
-class Heartbeat:
-    """Touches the job row now and then while a long recording is prepared, so the reconciler can tell
-    a slow prepare from a lost one and does not start a second."""
-
-    def __init__(self, job_id: uuid.UUID, every_s: float) -> None:
-        self.job_id, self.every_s, self.last = job_id, every_s, time.monotonic()
-
-    def __call__(self) -> None:
-        if time.monotonic() - self.last < self.every_s:
-            return
-        self.last = time.monotonic()
-        with session_scope() as s:
-            s.execute(update(Job).where(Job.id == self.job_id, Job.state == JobState.PREPARING)
-                      .values(updated_at=utcnow()))
-
-
-class _BeatingWriter:
-    def __init__(self, out: BinaryIO, beat: Heartbeat) -> None:
-        self.out, self.beat = out, beat
-
-    def write(self, data: bytes) -> int:
-        self.beat()
-        return self.out.write(data)
-
-
-def pcm_windows(f: BinaryIO, window_s: float, beat: Heartbeat | None = None) -> Iterator:
+def pcm_windows(f: BinaryIO, window_s: float) -> Iterator:
     block = int(window_s * PCM_SAMPLE_RATE) * PCM_BYTES_PER_SAMPLE
     while data := f.read(block):
-        if beat:
-            beat()
         yield pcm_to_float(data)
 
 
@@ -77,18 +49,33 @@ def prepare_job(job_id: uuid.UUID) -> None:
         job = begin_prepare(s, job_id, settings.max_attempts, settings.reconcile_stale_s)
         if job is None:
             return
-        source_uri, filename, options = job.source_uri, job.filename, dict(job.options)
+        attempt, source_uri, filename, options = job.prepare_attempts, job.source_uri, job.filename, dict(job.options)
+    with JobLease(job_id, JobState.PREPARING, attempt, settings.reconcile_stale_s,
+                  settings.prepare_time_limit_s) as lease:
+        plans, duration_s = _decode_and_plan(job_id, source_uri, filename, options, store, settings)
+        if lease.lost:
+            log.info("job=%s prepare attempt %d lost its lease; dropping its plan", job_id, attempt)
+            return
+        with session_scope() as s:
+            chunk_ids = save_plan(s, job_id, attempt, plans, duration_s)
+    if chunk_ids:
+        try_send(send_transcribe, chunk_ids)
+    elif not plans:
+        try_send(send_finalize, [job_id])  # no speech: an empty transcript, still COMPLETED
+
+
+def _decode_and_plan(job_id: uuid.UUID, source_uri: str, filename: str, options: dict, store: ObjectStore,
+                     settings: Settings) -> tuple[list[ChunkPlan], float]:
     t0 = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="asrq-prepare-") as tmp:
         src = fetch_source(job_id, source_uri, filename, store, settings, Path(tmp) / "source")
         pcm = Path(tmp) / "audio.s16le"
-        beat = Heartbeat(job_id, settings.reconcile_stale_s / 4)
         with open(pcm, "wb") as out:
-            info = decode_to_pcm(src, _BeatingWriter(out, beat), MAX_DURATION_S)
+            info = decode_to_pcm(src, out, MAX_DURATION_S)
         src.unlink()  # keep only one copy of a long recording on local disk
         store.put_file(pcm_key(job_id), pcm, "application/octet-stream")
         with open(pcm, "rb") as f:
-            segments = speech_segments(pcm_windows(f, settings.vad_window_s, beat), settings.vad_max_end_silence_ms)
+            segments = speech_segments(pcm_windows(f, settings.vad_window_s), settings.vad_max_end_silence_ms)
     max_chunk_s = min(settings.max_chunk_s, MAX_CHUNK_S.get(options.get("engine", ""), settings.max_chunk_s))
     plans = plan_chunks(
         segments,
@@ -98,9 +85,4 @@ def prepare_job(job_id: uuid.UUID) -> None:
     log.info("job=%s decoded %.1f s (%s/%s %d Hz %d ch), %d speech segments, %d chunks in %.2f s", job_id,
              info.duration_s, info.container, info.codec, info.source_rate, info.source_channels, len(segments),
              len(plans), time.monotonic() - t0)
-    with session_scope() as s:
-        chunk_ids = save_plan(s, job_id, plans, info.duration_s)
-    if chunk_ids:
-        try_send(send_transcribe, chunk_ids)
-    elif not plans:
-        try_send(send_finalize, [job_id])  # no speech: an empty transcript, still COMPLETED
+    return plans, info.duration_s

@@ -1,28 +1,41 @@
 """reconcile (beat): find jobs and chunks that stopped moving and send their work again.
 
 Redis only carries messages; if it loses them (flush, restart without persistence, a crash between
-commit and publish), this puts the system back in motion from what Postgres says. Every re-send
-touches ``updated_at``, so an item is re-sent at most once per stale period.
+commit and publish), this puts the system back in motion from what Postgres says. Two questions for
+each job or chunk that has been still for ``reconcile_stale_s``:
+
+* does the holder still live? A job PREPARING or FINALIZING and a chunk RUNNING carry a lease that
+  their holder's heartbeat keeps alive; an expired lease means the holder died, and the work is sent
+  again (the next holder takes over, charging an attempt, so a poison input runs out of attempts).
+* is its message lost, or only waiting? A job QUEUED and a chunk PENDING are re-sent only when the
+  broker holds no message for them (workers/inventory.py): a backlog of hours is left alone.
+
+Every re-send touches ``updated_at`` (a conditional update, skipping rows another transaction holds),
+so an item is sent at most once per stale period, even by two reconcilers at once.
 """
 
 from __future__ import annotations
 
 import logging
-from datetime import timedelta
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
 
-from sqlalchemy import select, update
+from sqlalchemy import exists, select, update
+from sqlalchemy.orm import Session
 
-from app.constants import TASK_RECONCILE
+from app.constants import TASK_FINALIZE, TASK_PREPARE, TASK_RECONCILE, TASK_TRANSCRIBE
 from app.db.models import Chunk, ChunkState, Job, JobState, utcnow
 from app.db.session import session_scope
 from app.settings import get_settings
 from workers.celery_app import app
 from workers.dispatch import send_finalize, send_prepare, send_transcribe, try_send
-from workers.state import _advance
+from workers.inventory import Inventory, read_inventory
+from workers.state import _advance, _fail_job_row, lock_jobs, log_state
 
 log = logging.getLogger("asrq.reconcile")
 
-LIMIT = 5000  # per state and run; the next run takes the rest
+LIMIT = 5000  # per kind and run, oldest first; the next run takes the rest
 
 
 @app.task(name=TASK_RECONCILE, ignore_result=True)
@@ -34,37 +47,138 @@ def reconcile() -> dict:
         return {}
 
 
+@dataclass
+class Candidates:
+    """Items still for a stale period, by what their state says about their message."""
+
+    queued: list[uuid.UUID] = field(default_factory=list)  # jobs whose prepare message may be lost
+    preparing: list[uuid.UUID] = field(default_factory=list)  # jobs whose preparer's lease expired
+    finalize_free: list[uuid.UUID] = field(default_factory=list)  # FINALIZING, nobody took it yet
+    finalize_dead: list[uuid.UUID] = field(default_factory=list)  # FINALIZING, its finalizer's lease expired
+    pending: list[uuid.UUID] = field(default_factory=list)  # chunks nobody holds
+    running: list[uuid.UUID] = field(default_factory=list)  # chunks whose holder's lease expired
+
+    def empty(self) -> bool:
+        return not any(vars(self).values())
+
+
 def reconcile_once() -> dict:
     settings = get_settings()
     now = utcnow()
     stale = now - timedelta(seconds=settings.reconcile_stale_s)
     with session_scope() as s:
-        prepare_ids = list(s.scalars(
-            select(Job.id).where(Job.state.in_([JobState.QUEUED, JobState.PREPARING]), Job.updated_at < stale)
-            .limit(LIMIT)))
-        chunk_ids = list(s.scalars(
-            select(Chunk.id).join(Job, Job.id == Chunk.job_id)
-            .where(Job.state == JobState.TRANSCRIBING,
-                   ((Chunk.state == ChunkState.PENDING) & (Chunk.updated_at < stale))
-                   | ((Chunk.state == ChunkState.RUNNING) & (Chunk.lease_until < now)))
-            .limit(LIMIT)))
-        # a job whose last chunk result was stored but whose completion was missed
-        stuck = list(s.scalars(select(Job.id).where(Job.state == JobState.TRANSCRIBING, Job.updated_at < stale)
-                               .limit(LIMIT)))
-        finalize_ids = [jid for jid in stuck if _advance(s, jid)]
-        s.commit()
-        finalize_ids += list(s.scalars(
-            select(Job.id).where(Job.state == JobState.FINALIZING, Job.updated_at < stale).limit(LIMIT)))
-        if prepare_ids or finalize_ids:
-            s.execute(update(Job).where(Job.id.in_(prepare_ids + finalize_ids)).values(updated_at=now))
-        if chunk_ids:
-            s.execute(update(Chunk).where(Chunk.id.in_(chunk_ids)).values(updated_at=now))
-        if stuck:
-            s.execute(update(Job).where(Job.id.in_(stuck)).values(updated_at=now))
-    try_send(send_prepare, prepare_ids)
-    try_send(send_transcribe, chunk_ids)
-    try_send(send_finalize, finalize_ids)
-    counts = {"prepare": len(prepare_ids), "transcribe": len(chunk_ids), "finalize": len(finalize_ids)}
+        finalize_now = repair_transcribing(s, stale)
+        cand = find_candidates(s, now, stale)
+    if cand.empty() and not finalize_now:
+        return {}
+    try:
+        inventory = read_inventory(settings)
+    except Exception as e:  # noqa: BLE001 - the broker is down: nothing could be sent now anyway
+        log.warning("broker inventory unreadable (%s); re-sending nothing this run", type(e).__name__)
+        try_send(send_finalize, finalize_now)
+        return {}
+    prepare, transcribe, finalize = lost_messages(cand, inventory)
+    with session_scope() as s:
+        prepare = touch_jobs(s, prepare, [JobState.QUEUED, JobState.PREPARING], stale, now)
+        finalize = touch_jobs(s, finalize, [JobState.FINALIZING], stale, now) + finalize_now
+        transcribe = touch_chunks(s, transcribe, stale, now)
+    try_send(send_prepare, prepare)
+    try_send(send_transcribe, transcribe)
+    try_send(send_finalize, finalize)
+    counts = {"prepare": len(prepare), "transcribe": len(transcribe), "finalize": len(finalize)}
     if any(counts.values()):
         log.info("reconcile re-sent %s", counts)
     return counts
+
+
+def repair_transcribing(s: Session, stale: datetime) -> list[uuid.UUID]:
+    """Jobs TRANSCRIBING that no chunk result will move on: one with a failed chunk fails (with that
+    chunk's reason); one whose chunks are all done but whose completion was missed moves to FINALIZING.
+    Returns the jobs to finalize."""
+    failed = s.execute(
+        select(Chunk.job_id, Chunk.index, Chunk.error).join(Job, Job.id == Chunk.job_id)
+        .where(Job.state == JobState.TRANSCRIBING, Chunk.state == ChunkState.FAILED)
+        .order_by(Chunk.job_id, Chunk.index).limit(LIMIT)).all()
+    reasons: dict[uuid.UUID, str] = {}
+    for job_id, index, error in failed:
+        reasons.setdefault(job_id, f"chunk {index} failed: {error or 'unknown error'}")
+    if reasons:
+        lock_jobs(s, set(reasons))
+        moved = [jid for jid in sorted(reasons) if _fail_job_row(s, jid, reasons[jid])]
+        s.commit()
+        for jid in moved:
+            log_state(jid, JobState.FAILED, reason=repr(reasons[jid][:200]), repaired=True)
+    not_done = exists().where(Chunk.job_id == Job.id, Chunk.state != ChunkState.DONE)
+    complete = list(s.scalars(
+        select(Job.id).where(Job.state == JobState.TRANSCRIBING, Job.updated_at < stale,
+                             Job.chunks_total.is_not(None), ~not_done).limit(LIMIT)))
+    finalize = [jid for jid in complete if _advance(s, jid)]
+    s.commit()
+    return finalize
+
+
+def find_candidates(s: Session, now: datetime, stale: datetime) -> Candidates:
+    def job_ids(*where) -> list[uuid.UUID]:  # noqa: ANN002
+        return list(s.scalars(select(Job.id).where(Job.updated_at < stale, *where)
+                              .order_by(Job.updated_at).limit(LIMIT)))
+
+    def chunk_ids(*where) -> list[uuid.UUID]:  # noqa: ANN002
+        return list(s.scalars(select(Chunk.id).join(Job, Job.id == Chunk.job_id)
+                              .where(Job.state == JobState.TRANSCRIBING, Chunk.updated_at < stale, *where)
+                              .order_by(Chunk.updated_at).limit(LIMIT)))
+
+    lease_gone = (Job.lease_until < now) | Job.lease_until.is_(None)
+    return Candidates(
+        queued=job_ids(Job.state == JobState.QUEUED),
+        preparing=job_ids(Job.state == JobState.PREPARING, lease_gone),
+        finalize_free=job_ids(Job.state == JobState.FINALIZING, Job.lease_until.is_(None)),
+        finalize_dead=job_ids(Job.state == JobState.FINALIZING, Job.lease_until < now),
+        pending=chunk_ids(Chunk.state == ChunkState.PENDING),
+        running=chunk_ids(Chunk.state == ChunkState.RUNNING, Chunk.lease_until < now),
+    )
+
+
+def lost_messages(c: Candidates, inv: Inventory | None) -> tuple[list, list, list]:
+    """(prepare, transcribe, finalize) ids whose work must be sent again.
+
+    Waiting in a queue: it will be delivered, leave it. Delivered to a worker but unacknowledged: for a
+    job nobody holds yet, that worker is about to take it (a worker that died holding it gives it
+    back when the broker's visibility timeout passes). For work whose holder's lease expired the
+    holder is gone, so its delivered message counts for nothing. Chunks a transcribe worker has been
+    handed are kept fresh by that worker while it holds them, so a still PENDING chunk is lost
+    unless its message waits in the queue.
+    """
+    if inv is None:  # a transport whose queues cannot be read: re-send what has been still too long
+        return c.queued + c.preparing, c.pending + c.running, c.finalize_free + c.finalize_dead
+    prepare = ([j for j in c.queued if not inv.has_any(TASK_PREPARE, j)]
+               + [j for j in c.preparing if not inv.has_waiting(TASK_PREPARE, j)])
+    transcribe = [ch for ch in c.pending + c.running if not inv.has_waiting(TASK_TRANSCRIBE, ch)]
+    finalize = ([j for j in c.finalize_free if not inv.has_any(TASK_FINALIZE, j)]
+                + [j for j in c.finalize_dead if not inv.has_waiting(TASK_FINALIZE, j)])
+    return prepare, transcribe, finalize
+
+
+def touch_jobs(s: Session, ids: list[uuid.UUID], states: list[JobState], stale: datetime,
+               now: datetime) -> list[uuid.UUID]:
+    if not ids:
+        return []
+    still = (select(Job.id).where(Job.id.in_(ids), Job.state.in_(states), Job.updated_at < stale)
+             .with_for_update(skip_locked=True))
+    res = s.execute(update(Job).where(Job.id.in_(still.scalar_subquery())).values(updated_at=now)
+                    .returning(Job.id).execution_options(synchronize_session=False))
+    out = [r[0] for r in res]
+    s.commit()
+    return out
+
+
+def touch_chunks(s: Session, ids: list[uuid.UUID], stale: datetime, now: datetime) -> list[uuid.UUID]:
+    if not ids:
+        return []
+    still = (select(Chunk.id).where(Chunk.id.in_(ids), Chunk.state.in_([ChunkState.PENDING, ChunkState.RUNNING]),
+                                    Chunk.updated_at < stale)
+             .with_for_update(skip_locked=True))
+    res = s.execute(update(Chunk).where(Chunk.id.in_(still.scalar_subquery())).values(updated_at=now)
+                    .returning(Chunk.id).execution_options(synchronize_session=False))
+    out = [r[0] for r in res]
+    s.commit()
+    return out

@@ -16,11 +16,12 @@ from concurrent.futures import Future, ThreadPoolExecutor
 import numpy as np
 from celery_batches import Batches
 from sqlalchemy import select
+from sqlalchemy.exc import DBAPIError, OperationalError
 
 from app.constants import TASK_TRANSCRIBE, pcm_key
 from app.db.models import Job
 from app.db.session import session_scope
-from app.errors import PermanentError
+from app.errors import ModelUnavailable, PermanentError
 from app.settings import get_settings
 from app.storage import ObjectNotFound, get_store
 from workers import faults
@@ -30,6 +31,7 @@ from workers.celery_app import app
 from workers.dispatch import send_finalize, send_transcribe, try_send
 from workers.engines.base import DecodeOptions, EngineOutOfMemory
 from workers.engines.registry import get_engine
+from workers.lease import held_chunks
 from workers.state import (
     ChunkWork,
     claim_chunks,
@@ -41,6 +43,9 @@ from workers.state import (
     save_results,
 )
 from workers.tasks.policy import TRANSIENT, backoff_s, transient_retry_limit
+
+# the database failing under a result write: not the chunk's fault, so not charged to it
+TRANSIENT_STORE = (OperationalError, DBAPIError)
 
 log = logging.getLogger("asrq.transcribe")
 _settings = get_settings()
@@ -109,16 +114,21 @@ def process_chunks(chunk_ids: list[str], worker: str) -> None:
         for group in group_by(fresh, _options_key)
         for b in plan_batches(group, lambda w: w.duration_s, settings.batch_audio_s, settings.batch_max_requests)
     ] + [[w] for w in suspects]
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="asrq-fetch") as pool:
+    held = held_chunks([w.chunk_id for w in todo], settings.reconcile_stale_s, settings.chunk_lease_s)
+    with held, ThreadPoolExecutor(max_workers=1, thread_name_prefix="asrq-fetch") as pool:
         # claim and fetch the next batch's audio while the current one runs on the accelerator
-        pending: Future = pool.submit(_claim_and_read, batches[0])
-        for n in range(len(batches)):
-            claimed, audios = pending.result()
-            if n + 1 < len(batches):
-                pending = pool.submit(_claim_and_read, batches[n + 1])
-            if claimed:
-                faults.crash_if_poisoned(lambda: list(_filenames({w.job_id for w in claimed}).values()))
-                _run_batch(claimed, audios, worker)
+        pending: Future | None = pool.submit(_claim_and_read, batches[0])
+        try:
+            for n in range(len(batches)):
+                claimed, audios = pending.result()
+                pending = pool.submit(_claim_and_read, batches[n + 1]) if n + 1 < len(batches) else None
+                if claimed:
+                    faults.crash_if_poisoned(lambda: list(_filenames({w.job_id for w in claimed}).values()))
+                    _run_guarded(claimed, audios, worker)
+        finally:
+            # an error that ends this task early must not leave the next batch claimed by nobody
+            if pending is not None:
+                _give_back_quietly(pending.result()[0], "the worker stopped before running this chunk")
 
 
 def _claim_and_read(batch: list[ChunkWork]) -> tuple[list[ChunkWork], list[np.ndarray | Exception]]:
@@ -129,7 +139,11 @@ def _claim_and_read(batch: list[ChunkWork]) -> tuple[list[ChunkWork], list[np.nd
         if exhausted:
             fail_chunks(s, exhausted, f"gave up after {settings.max_attempts} attempts (the worker died or "
                                       "timed out on this audio each time)")
-    return claimed, [_read_one(w) for w in claimed]
+    return claimed, _read_all(claimed)
+
+
+def _read_all(work: list[ChunkWork]) -> list[np.ndarray | Exception]:
+    return [_read_one(w) for w in work]
 
 
 def _filenames(job_ids: set[uuid.UUID]) -> dict[uuid.UUID, str]:
@@ -144,6 +158,30 @@ def _read_one(w: ChunkWork) -> np.ndarray | Exception:
         return e
 
 
+def _give_back_quietly(work: list[ChunkWork], reason: str) -> None:
+    """Release claimed chunks and send their messages again; if even that fails (database down), their
+    lease runs out and the reconciler sends them again."""
+    if not work:
+        return
+    try:
+        with session_scope() as s:
+            release_chunks(s, work, reason)
+        try_send(lambda ids: send_transcribe(ids, countdown=backoff_s(1)), [w.chunk_id for w in work])
+    except Exception as e:  # noqa: BLE001
+        log.warning("could not give back %d chunks (%s); their lease will expire", len(work), type(e).__name__)
+
+
+def _run_guarded(batch: list[ChunkWork], audios: list[np.ndarray | Exception], worker: str) -> None:
+    """One batch's outcome is recorded whatever goes wrong: a bug or an outage while handling it gives
+    its chunks back instead of leaving them claimed until their lease ends."""
+    try:
+        _run_batch(batch, audios, worker)
+    except Exception as e:  # noqa: BLE001
+        log.warning("batch of %d chunks could not be handled (%s); giving it back", len(batch), type(e).__name__,
+                    exc_info=not isinstance(e, TRANSIENT))
+        _give_back_quietly(batch, f"the batch could not be handled: {type(e).__name__}")
+
+
 def _run_batch(batch: list[ChunkWork], audios: list[np.ndarray | Exception], worker: str) -> None:
     settings = get_settings()
     ok = [(w, a) for w, a in zip(batch, audios) if not isinstance(a, Exception)]
@@ -151,14 +189,21 @@ def _run_batch(batch: list[ChunkWork], audios: list[np.ndarray | Exception], wor
     unreadable = [(w, a) for w, a in zip(batch, audios)
                   if isinstance(a, Exception) and not isinstance(a, ObjectNotFound)]
     with session_scope() as s:
-        if missing:
-            fail_chunks(s, missing, "the prepared audio is missing from storage")
+        fail_chunks(s, missing, "the prepared audio is missing from storage")
     if unreadable:
         _retry_unreadable([w for w, _ in unreadable], unreadable[0][1])
     if not ok:
         return
     o = ok[0][0].options
-    engine = get_engine(o["engine"], o["model"])
+    try:
+        engine = get_engine(o["engine"], o["model"])
+    except ModelUnavailable as e:
+        # every chunk of a batch names the same model (batches are grouped by options): only the jobs
+        # that asked for this model fail, at once, with the reason; nobody else is charged
+        log.warning("model %s/%s cannot be loaded: %s", o["engine"], o["model"], e)
+        with session_scope() as s:
+            fail_chunks(s, [w for w, _ in ok], str(e))
+        return
     options = DecodeOptions(language=o.get("language"), hotwords=tuple(o.get("hotwords") or ()))
 
     def infer(pairs: list[tuple[ChunkWork, np.ndarray]]) -> list:
@@ -170,12 +215,14 @@ def _run_batch(batch: list[ChunkWork], audios: list[np.ndarray | Exception], wor
 
     try:
         run_splitting_on_oom(infer, ok, _is_oom)
+    except TRANSIENT_STORE as e:
+        raise e  # storing the results failed (database down): _run_guarded gives the chunks back
     except Exception as e:  # noqa: BLE001
         if len(ok) > 1:
             # one bad chunk must not sink its batch-mates: retry each alone to isolate it
             log.warning("batch of %d failed (%s); retrying chunks one by one", len(ok), type(e).__name__)
             for pair in ok:
-                _run_batch([pair[0]], [pair[1]], worker)
+                _run_guarded([pair[0]], [pair[1]], worker)
             return
         w = ok[0][0]
         reason = str(e) if isinstance(e, PermanentError) else f"inference failed: {type(e).__name__}"
@@ -194,10 +241,7 @@ def _retry_unreadable(work: list[ChunkWork], error: Exception) -> None:
     reason = f"the prepared audio could not be read from storage ({type(error).__name__})"
     limit = transient_retry_limit()
     with session_scope() as s:
-        failures = release_unreadable(s, work, reason)
-        gave_up = [w for w in work if failures.get(w.chunk_id, 0) >= limit]
-        if gave_up:
-            fail_chunks(s, gave_up, f"{reason}; gave up after {limit} tries")
+        failures = release_unreadable(s, work, reason, limit)
     retry = [w for w in work if failures.get(w.chunk_id, 0) < limit]
     for w in retry:
         log.warning("job=%s chunk=%d %s, retry %d", w.job_id, w.index, reason, failures.get(w.chunk_id, 0))

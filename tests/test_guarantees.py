@@ -1,0 +1,359 @@
+"""Guarantees per state, on real Postgres and a real Redis broker: whatever holder vanishes, something
+moves each job and chunk on; the reconciler re-sends what was lost and never what is only waiting;
+writes are fenced by the claim that holds a chunk; one lock order everywhere."""
+
+from __future__ import annotations
+
+import sys
+import threading
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+import redis
+from sqlalchemy import func, select, update
+
+from app.db.models import Chunk, ChunkState, Job, JobState, utcnow
+from tests.conftest import REDIS_TEST_DB
+from tests.services import postgres_database, redis_db
+
+STALE_S = 2.0
+
+
+@dataclass
+class Live:
+    db_url: str
+    broker_url: str
+    redis: redis.Redis
+    objects: Path
+
+    def queue_len(self, queue: str) -> int:
+        return int(self.redis.llen(queue))
+
+
+@pytest.fixture()
+def live(tmp_path, monkeypatch):
+    """This process's settings on a fresh Postgres database and a Redis db, with a Celery app built for
+    them (the module-level app is bound at import to whatever settings were current then)."""
+    from app import storage
+    from app.db import session
+    from app.db.migrate import upgrade
+    from app.settings import get_settings
+    import workers
+
+    with postgres_database() as db_url, redis_db(REDIS_TEST_DB) as broker:
+        upgrade(db_url)
+        for k, v in {"ASRQ_HOME": str(tmp_path), "ASRQ_DATABASE_URL": db_url, "ASRQ_BROKER_URL": broker,
+                     "ASRQ_STORAGE_URL": f"file://{tmp_path / 'objects'}",
+                     "ASRQ_RECONCILE_STALE_S": str(STALE_S)}.items():
+            monkeypatch.setenv(k, v)
+        get_settings.cache_clear()
+        session.reset_engines()
+        storage._store.cache_clear()
+        prev_mod = sys.modules.pop("workers.celery_app", None)
+        prev_attr = workers.__dict__.pop("celery_app", None)
+        r = redis.Redis.from_url(broker)
+        try:
+            yield Live(db_url, broker, r, tmp_path / "objects")
+        finally:
+            r.close()
+            fresh = sys.modules.pop("workers.celery_app", None)
+            workers.__dict__.pop("celery_app", None)
+            if fresh is not None:
+                fresh.app.close()
+            if prev_mod is not None:
+                sys.modules["workers.celery_app"] = prev_mod
+            if prev_attr is not None:
+                workers.celery_app = prev_attr
+            session.reset_engines()
+            get_settings.cache_clear()
+            storage._store.cache_clear()
+
+
+def _session():
+    from app.db.session import session_scope
+
+    return session_scope()
+
+
+def _add_job(state: JobState = JobState.QUEUED, options: dict | None = None, stale: bool = True,
+             tenant: str = "t") -> uuid.UUID:
+    then = utcnow() - timedelta(seconds=STALE_S * 5 if stale else 0)
+    with _session() as s:
+        job = Job(tenant=tenant, state=state, source_uri="upload:x.wav", filename="x.wav", options=options or {},
+                  params_hash="0" * 64, created_at=then, updated_at=then)
+        s.add(job)
+        s.flush()
+        return job.id
+
+
+def _add_chunks(job_id: uuid.UUID, n: int, stale: bool = True) -> list[uuid.UUID]:
+    then = utcnow() - timedelta(seconds=STALE_S * 5 if stale else 0)
+    with _session() as s:
+        rows = [Chunk(job_id=job_id, index=i, start_ms=i * 1000, end_ms=i * 1000 + 900, updated_at=then)
+                for i in range(n)]
+        s.add_all(rows)
+        s.flush()
+        s.execute(update(Job).where(Job.id == job_id).values(chunks_total=n))
+        return [c.id for c in rows]
+
+
+def _job(job_id: uuid.UUID) -> Job:
+    with _session() as s:
+        return s.get(Job, job_id)
+
+
+def _age_everything() -> None:
+    """Make every row look still for longer than the stale period (instead of sleeping through it)."""
+    then = utcnow() - timedelta(seconds=STALE_S * 5)
+    with _session() as s:
+        s.execute(update(Job).values(updated_at=then))
+        s.execute(update(Chunk).values(updated_at=then))
+
+
+# ---- a holder that dies ------------------------------------------------------------------------------------------
+
+
+def test_prepare_that_died_is_taken_over_and_bounded(live):
+    """Finding 1: the reconciler's re-send used to refresh the very timestamp that take-over waited on, so
+    a prepare killed mid-way stayed PREPARING forever. Now the lease decides, and attempts run out."""
+    from workers.state import begin_prepare
+    from workers.tasks.reconcile import reconcile_once
+
+    jid = _add_job()
+    for attempt in (1, 2, 3):
+        with _session() as s:
+            job = begin_prepare(s, jid, max_attempts=3, lease_s=0.5)  # then the worker "dies"
+            assert job is not None and job.prepare_attempts == attempt
+        with _session() as s:
+            assert begin_prepare(s, jid, max_attempts=3, lease_s=0.5) is None  # a live lease is not taken over
+        time.sleep(0.6)
+        _age_everything()
+        assert reconcile_once()["prepare"] == 1
+        assert reconcile_once().get("prepare", 0) == 0  # sent once per stale period, not once per run
+        _age_everything()
+        assert reconcile_once().get("prepare", 0) == 0  # ... and not while that message waits in the queue
+        assert live.queue_len("prepare") == 1
+        live.redis.rpop("prepare")  # delivered: the next worker takes the job over
+    with _session() as s:
+        assert begin_prepare(s, jid, max_attempts=3, lease_s=0.5) is None
+    job = _job(jid)
+    assert job.state == JobState.FAILED and "failed 3 times" in job.error
+
+
+def test_finalize_that_died_is_taken_over(live):
+    from workers.state import begin_finalize
+    from workers.tasks.reconcile import reconcile_once
+
+    jid = _add_job(JobState.FINALIZING)
+    with _session() as s:
+        assert begin_finalize(s, jid, max_attempts=3, lease_s=0.5) == 1
+        assert begin_finalize(s, jid, max_attempts=3, lease_s=0.5) is None
+    time.sleep(0.6)
+    _age_everything()
+    assert reconcile_once()["finalize"] == 1
+    with _session() as s:
+        assert begin_finalize(s, jid, max_attempts=3, lease_s=0.5) == 2
+
+
+def test_running_chunk_whose_holder_died_is_sent_again(live):
+    from workers.state import claim_chunks
+    from workers.tasks.reconcile import reconcile_once
+
+    jid = _add_job(JobState.TRANSCRIBING)
+    (cid,) = _add_chunks(jid, 1)
+    with _session() as s:
+        claimed, _ = claim_chunks(s, [cid], lease_s=0.3, max_attempts=3)
+    assert [w.chunk_id for w in claimed] == [cid]
+    time.sleep(0.4)
+    _age_everything()
+    assert reconcile_once()["transcribe"] == 1
+    with _session() as s:
+        again, _ = claim_chunks(s, [cid], lease_s=60, max_attempts=3)
+    assert [w.attempts for w in again] == [2]
+
+
+# ---- lost or only waiting -----------------------------------------------------------------------------------------
+
+
+def test_backlog_is_not_resent_but_a_flush_is(live):
+    """Finding 4: a long queue used to be re-published every stale period. Messages waiting in Redis are
+    left alone; after a flush every job is sent exactly once more."""
+    from app.db.session import session_scope
+    from workers.dispatch import send_prepare
+    from workers.tasks.reconcile import reconcile_once
+
+    n = 2000
+    then = utcnow() - timedelta(seconds=STALE_S * 5)
+    ids = [uuid.uuid4() for _ in range(n)]
+    with session_scope() as s:
+        s.execute(Job.__table__.insert(), [
+            {"id": i, "tenant": "t", "state": JobState.QUEUED, "source_uri": "upload:x.wav", "filename": "x.wav",
+             "options": {}, "params_hash": "0" * 64, "chunks_done": 0, "prepare_attempts": 0,
+             "finalize_attempts": 0, "created_at": then, "updated_at": then} for i in ids])
+    send_prepare(ids)
+    assert live.queue_len("prepare") == n
+    for _ in range(3):
+        assert reconcile_once().get("prepare", 0) == 0
+        _age_everything()
+    assert live.queue_len("prepare") == n
+    live.redis.flushdb()
+    assert reconcile_once()["prepare"] == n
+    assert live.queue_len("prepare") == n
+    _age_everything()
+    assert reconcile_once().get("prepare", 0) == 0  # the re-sent messages now wait; not sent a third time
+
+
+def test_pending_chunks_waiting_or_held_are_not_resent(live):
+    from workers.dispatch import send_transcribe
+    from workers.lease import held_chunks
+    from workers.tasks.reconcile import reconcile_once
+
+    jid = _add_job(JobState.TRANSCRIBING)
+    waiting = _add_chunks(jid, 3)
+    send_transcribe(waiting)
+    assert reconcile_once().get("transcribe", 0) == 0
+    live.redis.delete("transcribe")  # lost: nothing waits for them now
+    # a transcribe worker that was handed them keeps them fresh while it works on the batch before them
+    with held_chunks(waiting, stale_s=0.4, max_hold_s=60):
+        _age_everything()
+        time.sleep(0.5)
+        assert reconcile_once().get("transcribe", 0) == 0
+    _age_everything()  # that worker died: its heartbeat stopped
+    assert reconcile_once()["transcribe"] == 3
+    assert live.queue_len("transcribe") == 3
+
+
+# ---- fencing ------------------------------------------------------------------------------------------------------
+
+
+def test_expired_claim_cannot_touch_a_live_claim(live):
+    """Finding 5: a worker whose lease expired must not store, release or fail a chunk another worker
+    now holds."""
+    from workers.state import claim_chunks, fail_chunks, release_chunks, save_results
+
+    jid = _add_job(JobState.TRANSCRIBING)
+    (cid,) = _add_chunks(jid, 1)
+    with _session() as s:
+        (old,), _ = claim_chunks(s, [cid], lease_s=-1, max_attempts=3)  # its lease is already over
+        (new,), _ = claim_chunks(s, [cid], lease_s=60, max_attempts=3)
+        assert old.claim_id != new.claim_id
+        assert save_results(s, None, [(old, "stale words", [], "en")]) == []
+        release_chunks(s, [old], "stale release")
+        fail_chunks(s, [old], "stale failure")
+        chunk = s.get(Chunk, cid, populate_existing=True)
+        assert (chunk.state, chunk.claim_id, chunk.text) == (ChunkState.RUNNING, new.claim_id, None)
+        assert s.get(Job, jid, populate_existing=True).state == JobState.TRANSCRIBING
+        assert save_results(s, None, [(new, "live words", [], "en")]) == [jid]
+        chunk = s.get(Chunk, cid, populate_existing=True)
+        assert (chunk.state, chunk.text) == (ChunkState.DONE, "live words")
+
+
+def test_prepare_taken_over_cannot_store_its_plan(live):
+    from workers.chunking import ChunkPlan
+    from workers.state import begin_prepare, save_plan
+
+    jid = _add_job()
+    with _session() as s:
+        first = begin_prepare(s, jid, max_attempts=3, lease_s=-1).prepare_attempts
+        second = begin_prepare(s, jid, max_attempts=3, lease_s=60).prepare_attempts
+        assert save_plan(s, jid, first, [ChunkPlan(0, 0, 1000)], 1.0) == []
+        assert len(save_plan(s, jid, second, [ChunkPlan(0, 0, 1000), ChunkPlan(1, 1000, 2000)], 2.0)) == 2
+    assert _job(jid).chunks_total == 2
+
+
+# ---- one transaction, or repaired ---------------------------------------------------------------------------------
+
+
+def test_failed_chunk_fails_its_job_in_the_same_transaction(live):
+    from workers.state import claim_chunks, fail_chunks
+
+    jid = _add_job(JobState.TRANSCRIBING)
+    cids = _add_chunks(jid, 2)
+    with _session() as s:
+        claimed, _ = claim_chunks(s, cids[:1], lease_s=60, max_attempts=3)
+        fail_chunks(s, claimed, "undecodable")
+    job = _job(jid)
+    assert job.state == JobState.FAILED and job.error == "chunk 0 failed: undecodable"
+
+
+def test_reconciler_repairs_a_job_left_transcribing_with_a_failed_chunk(live):
+    """Finding 3: a process that died between failing a chunk and failing its job (as the old code could)
+    left the job TRANSCRIBING with nobody to move it."""
+    from workers.tasks.reconcile import reconcile_once
+
+    jid = _add_job(JobState.TRANSCRIBING)
+    cids = _add_chunks(jid, 2)
+    with _session() as s:
+        s.execute(update(Chunk).where(Chunk.id == cids[1]).values(state=ChunkState.FAILED, error="bad audio"))
+    reconcile_once()
+    job = _job(jid)
+    assert job.state == JobState.FAILED and job.error == "chunk 1 failed: bad audio"
+
+
+def test_reconciler_finalizes_a_job_whose_completion_was_missed(live):
+    from workers.tasks.reconcile import reconcile_once
+
+    jid = _add_job(JobState.TRANSCRIBING)
+    _add_chunks(jid, 2)
+    with _session() as s:
+        s.execute(update(Chunk).values(state=ChunkState.DONE, text="x"))
+    _age_everything()
+    assert reconcile_once()["finalize"] == 1
+    assert _job(jid).state == JobState.FINALIZING
+    assert live.queue_len("finalize") == 1
+
+
+# ---- lock order ---------------------------------------------------------------------------------------------------
+
+
+def test_cancel_against_saving_results_never_deadlocks(live):
+    """Finding 6: cancel locked the job then its chunks while saving results locked chunks then the job,
+    a cycle Postgres breaks by aborting one of them. Both now lock the job first."""
+    from app.jobs import cancel_or_delete
+    from app.storage import LocalStore
+    from workers.state import claim_chunks, save_results
+
+    store = LocalStore(live.objects)
+    rounds, per_round = 6, 12
+    errors: list[BaseException] = []
+    for _ in range(rounds):
+        work = {}
+        for _ in range(per_round):
+            jid = _add_job(JobState.TRANSCRIBING)
+            cids = _add_chunks(jid, 4)
+            with _session() as s:
+                work[jid] = claim_chunks(s, cids, lease_s=60, max_attempts=3)[0]
+        barrier = threading.Barrier(2 * per_round)
+
+        def cancel(jid: uuid.UUID) -> None:
+            barrier.wait()
+            with _session() as s:
+                cancel_or_delete(s, store, "t", jid)
+
+        def save(jid: uuid.UUID) -> None:
+            barrier.wait()
+            with _session() as s:
+                save_results(s, None, [(w, "words", [], "en") for w in reversed(work[jid])])
+
+        with ThreadPoolExecutor(2 * per_round) as pool:
+            futures = [pool.submit(f, jid) for jid in work for f in (cancel, save)]
+            for f in futures:
+                if f.exception() is not None:
+                    errors.append(f.exception())
+        with _session() as s:
+            for jid in work:
+                job = s.get(Job, jid)
+                states = dict(s.execute(select(Chunk.state, func.count()).where(Chunk.job_id == jid)
+                                        .group_by(Chunk.state)).all())
+                # the results won (all four stored; a cancel after them still cancels the finalize), or the
+                # cancel did (none stored): never a mix
+                assert (job.state, states) in ((JobState.FINALIZING, {ChunkState.DONE: 4}),
+                                               (JobState.CANCELLED, {ChunkState.DONE: 4}),
+                                               (JobState.CANCELLED, {ChunkState.FAILED: 4})), (job.state, states)
+    assert not errors, [repr(e)[:300] for e in errors]
+

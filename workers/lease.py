@@ -1,0 +1,80 @@
+"""Heartbeats of work in hand: the lease a worker holds on a job while it prepares or finalizes it, and
+the chunks a transcribe worker has been handed but not yet claimed. Each runs on a thread.
+
+A thread, not calls sprinkled through the work: every phase (download, decode, upload of the PCM,
+VAD, a long batch ahead in the same task) keeps the heartbeat going, however long it blocks, and the
+heartbeat stops the moment the process dies, whatever kills it (SIGKILL, OOM killer, time limit,
+lost host). What the reconciler does with a silent item is in workers/tasks/reconcile.py.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import uuid
+from collections.abc import Callable
+
+from app.db.models import JobState
+from app.db.session import session_scope
+from workers.state import renew_job_lease, touch_pending
+
+log = logging.getLogger("asrq.lease")
+
+
+class Heartbeat:
+    """Calls ``beat`` every ``every_s`` until stopped, until ``beat`` returns False, or for at most
+    ``max_hold_s``: past the task's own time limit the work is hung, not slow, and even a pool that
+    cannot enforce time limits must then let the work go to another worker."""
+
+    def __init__(self, name: str, every_s: float, max_hold_s: float, beat: Callable[[], bool]) -> None:
+        self.every_s, self.max_hold_s, self._beat_fn = every_s, max_hold_s, beat
+        self.stopped_by_beat = False
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+
+    def __enter__(self) -> "Heartbeat":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=10)
+
+    def _run(self) -> None:
+        deadline = time.monotonic() + self.max_hold_s
+        while not self._stop.wait(self.every_s) and time.monotonic() < deadline:
+            try:
+                if not self._beat_fn():
+                    self.stopped_by_beat = True
+                    return
+            except Exception as e:  # noqa: BLE001 - the next beat tries again; the lease bounds the damage
+                log.warning("%s: heartbeat failed: %s", self._thread.name, type(e).__name__)
+
+
+class JobLease(Heartbeat):
+    """Renews a PREPARING or FINALIZING job's lease four times per lease (one failed beat does not
+    lose it). ``lost`` turns True when the job was cancelled, failed or taken over."""
+
+    def __init__(self, job_id: uuid.UUID, state: JobState, attempt: int, lease_s: float, max_hold_s: float) -> None:
+        def renew() -> bool:
+            with session_scope() as s:
+                return renew_job_lease(s, job_id, state, attempt, lease_s)
+
+        super().__init__(f"asrq-lease-{job_id}", lease_s / 4, max_hold_s, renew)
+
+    @property
+    def lost(self) -> bool:
+        return self.stopped_by_beat
+
+
+def held_chunks(chunk_ids: list[uuid.UUID], stale_s: float, max_hold_s: float) -> Heartbeat:
+    """Keeps fresh the chunks a transcribe task was handed and has not claimed yet (a batch ahead of
+    them may run for minutes), so the reconciler does not take them for lost."""
+
+    def touch() -> bool:
+        with session_scope() as s:
+            touch_pending(s, chunk_ids)
+        return True
+
+    return Heartbeat("asrq-held-chunks", stale_s / 4, max_hold_s, touch)
