@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import ipaddress
 import json
 import logging
 import os
@@ -143,27 +142,41 @@ def api(host: str, port: int, n_workers: int) -> None:
     """Serve the HTTP API (OpenAPI docs at /docs)."""
     import uvicorn
 
-    from app.api.auth import auth_required
-
     settings = get_settings()
-    if not auth_required(settings) and not _is_loopback(host):
-        raise click.ClickException("refusing to serve without API keys on a non-loopback address; set ASRQ_API_KEYS")
     _setup_logging()
     if settings.database_url.startswith("sqlite"):
         from app.db.migrate import upgrade
 
         upgrade(settings.database_url)
+    if not _is_loopback(host) and not _keys_exist(settings):
+        raise click.ClickException("refusing to serve without API keys on a non-loopback address; "
+                                   "add one with `asrq keys add --tenant NAME` or set ASRQ_API_KEYS")
     uvicorn.run("app.api.main:create_app", factory=True, host=host, port=port, workers=n_workers,
                 log_level="info", access_log=False)
 
 
 def _is_loopback(host: str) -> bool:
-    if host == "localhost":
+    from app.api.auth import is_loopback
+
+    return is_loopback(host)
+
+
+def _keys_exist(settings) -> bool:  # noqa: ANN001
+    """A key in ASRQ_API_KEYS or in the database (revoked ones too: the API then refuses every caller)."""
+    from sqlalchemy.exc import DBAPIError
+
+    from app.api.auth import keys_exist
+    from app.db.session import session_scope
+
+    if settings.api_key_entries():
         return True
     try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
+        with session_scope() as s:
+            return keys_exist(s)
+    except DBAPIError as e:
+        # cannot tell whether keys exist: serving the network open on a guess is not an option
+        raise click.ClickException(f"cannot read the API keys from the database ({type(e).__name__}); "
+                                   "is it up and migrated (`asrq migrate`)?") from e
 
 
 @cli.command()
@@ -198,16 +211,54 @@ def keys() -> None:
 @keys.command("add")
 @click.option("--tenant", required=True)
 def keys_add(tenant: str) -> None:
-    import secrets
-
-    from app.api.auth import hash_key
-    from app.db.models import ApiKey
+    """Create a key for TENANT; prints the secret (shown only this once) on stdout, its id on stderr."""
+    from app.api.auth import add_key
     from app.db.session import session_scope
 
-    secret = "asrq_" + secrets.token_urlsafe(32)
     with session_scope() as s:
-        s.add(ApiKey(tenant=tenant, key_sha256=hash_key(secret)))
+        key, secret = add_key(s, tenant)
+        key_id = key.id
     click.echo(secret)
+    click.echo(f"key {key_id} for tenant {tenant}", err=True)
+
+
+@keys.command("list")
+def keys_list() -> None:
+    """Every key: tenant, key id, created, revoked (the secrets are not stored, only their hashes)."""
+    from app.api.auth import list_keys
+    from app.db.session import session_scope
+
+    with session_scope() as s:
+        rows = [(k.tenant, str(k.id), _iso(k.created_at), _iso(k.revoked_at) or "-") for k in list_keys(s)]
+    header = ("TENANT", "KEY_ID", "CREATED", "REVOKED")
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+    for row in [header, *rows]:
+        click.echo("  ".join(v.ljust(w) for v, w in zip(row, widths)).rstrip())
+
+
+@keys.command("revoke")
+@click.argument("key_id")
+def keys_revoke(key_id: str) -> None:
+    """Revoke KEY_ID (from `asrq keys list`); running APIs refuse it within ASRQ_AUTH_CACHE_TTL_S."""
+    from app.api.auth import revoke_key
+    from app.db.session import session_scope
+
+    try:
+        kid = uuid.UUID(key_id)
+    except ValueError as e:
+        raise click.ClickException(f"not a key id: {key_id!r} (see `asrq keys list`)") from e
+    with session_scope() as s:
+        key = revoke_key(s, kid)
+        if key is None:
+            raise click.ClickException(f"no key {kid}")
+        tenant, revoked_at = key.tenant, key.revoked_at
+    ttl = get_settings().auth_cache_ttl_s
+    click.echo(f"key {kid} of tenant {tenant} revoked at {_iso(revoked_at)}; "
+               f"running APIs refuse it within {ttl:g} s")
+
+
+def _iso(t) -> str:  # noqa: ANN001
+    return t.isoformat(timespec="seconds") if t is not None else ""
 
 
 # --- client ------------------------------------------------------------------------------------

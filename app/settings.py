@@ -7,13 +7,41 @@ a local folder for objects and the bundled offline Whisper model, all under ``AS
 from __future__ import annotations
 
 import functools
+import re
 from pathlib import Path
-from typing import Literal
+from typing import Literal, NamedTuple
 
 from pydantic import AnyHttpUrl, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 BUNDLED_WHISPER = "bundled:tiny.en"
+S3_BUCKET_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,254}$")  # permissive: legacy names too
+
+
+class S3SourceRule(NamedTuple):
+    tenant: str | None  # None: every tenant
+    bucket: str
+    prefix: tuple[str, ...]  # key segments a source must lie under; () is the whole bucket
+
+
+@functools.lru_cache(maxsize=16)
+def parse_s3_source_allow(value: str) -> tuple[S3SourceRule, ...]:
+    """ASRQ_S3_SOURCE_ALLOW -> rules; raises ValueError naming the entry it cannot read."""
+    rules = []
+    for entry in filter(None, (e.strip() for e in value.split(","))):
+        # a key may hold '=' (date=2024-01-01/): only text before the first '/' can name a tenant
+        tenant, sep, location = entry.partition("=")
+        if not sep or "/" in tenant:
+            tenant, location = "", entry
+        elif not tenant.strip():
+            raise ValueError(f"ASRQ_S3_SOURCE_ALLOW entry {entry!r}: empty tenant before '='")
+        location = location.strip().removeprefix("s3://")
+        bucket, _, prefix = location.partition("/")
+        segments = tuple(prefix.strip("/").split("/")) if prefix.strip("/") else ()
+        if not S3_BUCKET_NAME.match(bucket) or any(s in ("", ".", "..") for s in segments):
+            raise ValueError(f"ASRQ_S3_SOURCE_ALLOW entry {entry!r}: expected [tenant=]bucket[/folder/]")
+        rules.append(S3SourceRule(tenant.strip() or None, bucket, segments))
+    return tuple(rules)
 
 
 class Settings(BaseSettings):
@@ -51,24 +79,48 @@ class Settings(BaseSettings):
 
     # delivery and reliability
     max_attempts: int = Field(3, ge=1)
-    chunk_lease_s: float = Field(300.0, gt=0)  # a batch takes seconds; a lease this old means a dead worker
+    # A claimed chunk's lease, renewed by its worker's heartbeat every quarter of it while inference
+    # runs: a worker that died hands its chunks on within this long.
+    chunk_lease_s: float = Field(60.0, gt=0)
     reconcile_interval_s: float = Field(30.0, gt=0)
-    reconcile_stale_s: float = Field(300.0, gt=0)
+    # A job PREPARING/FINALIZING holds a lease this long (renewed the same way), and a job or chunk
+    # still this long is checked against the broker: re-sent if its message was lost.
+    reconcile_stale_s: float = Field(60.0, gt=0)
+    # a transcribe task that holds its chunks longer than this is hung: its heartbeat stops
+    transcribe_time_limit_s: float = Field(1800.0, gt=0)
     # measured on 2 CPU cores: prepare of a 24-minute recording 6.9 s (about 175 s for 10 hours),
     # finalize under 0.1 s; the limits leave ten times that
     prepare_time_limit_s: float = Field(1800.0, gt=0)
     finalize_time_limit_s: float = Field(300.0, gt=0)
-    visibility_timeout_s: float = Field(7200.0, gt=0)
+    # how long Redis keeps a message delivered to a worker before handing it to another: it bounds the
+    # wait of work whose worker died before taking it. A twin of a still-running task is harmless
+    # (leases and claims make it a no-op), so this need not exceed the longest task.
+    visibility_timeout_s: float = Field(1800.0, gt=0)
     retry_backoff_max_s: float = 300.0
 
     # API
     api_keys: str = ""  # comma-separated "tenant:secret" (or "secret" for tenant "default")
-    max_upload_bytes: int = 2 * 1024**3
+    # how long a key lookup is trusted: a revoked key, or the first key added to an open API, takes
+    # effect within this long
+    auth_cache_ttl_s: float = Field(30.0, gt=0)
+    auth_cache_max_keys: int = Field(10_000, ge=1)  # LRU size; bad tokens have their own, so they evict no good key
+    max_upload_bytes: int = 2 * 1024**3  # multipart uploads
+    # every other body (JSON): 10,000 jobs of about 1.6 KB each (URI, webhook, options) fit
+    max_json_bytes: int = Field(16 * 1024**2, ge=1024)
     max_batch_jobs: int = 10_000
     allow_private_sources: bool = False  # lets source_uri point at loopback/private hosts (tests, labs)
     allow_file_sources: bool = False
+    # where s3:// sources may be read from, with the service's own credentials; anything else is refused.
+    # Comma-separated "bucket" or "bucket/folder/" for every tenant, "tenant=bucket/folder/" for one
+    # tenant (on top of the shared entries). The service's own storage is refused even if listed.
+    s3_source_allow: str = ""
+    source_timeout_s: float = Field(30.0, gt=0)  # connect, and each read, of an https:// source download
     presign_expiry_s: int = 3600
-    webhook_timeout_s: float = 10.0
+    # one POST per delivery try; a slow receiver holds a maintenance worker for at most about this long
+    # (connect + send + response headers)
+    webhook_timeout_s: float = Field(5.0, gt=0)
+    webhook_max_tries: int = Field(6, ge=1)  # with the backoff below: about 5 minutes before giving up
+    webhook_backoff_max_s: float = Field(300.0, gt=0)
 
     @model_validator(mode="after")
     def _embedded_defaults(self) -> "Settings":
@@ -104,6 +156,15 @@ class Settings(BaseSettings):
         if v.startswith("s3://") and not v[5:].split("/", 1)[0]:
             raise ValueError("ASRQ_STORAGE_URL s3:// needs a bucket name")
         return v
+
+    @field_validator("s3_source_allow")
+    @classmethod
+    def _check_s3_source_allow(cls, v: str) -> str:
+        parse_s3_source_allow(v)
+        return v
+
+    def s3_source_rules(self) -> tuple[S3SourceRule, ...]:
+        return parse_s3_source_allow(self.s3_source_allow)
 
     @property
     def embedded(self) -> bool:

@@ -211,9 +211,12 @@ def base_env(db_url: str, broker_url: str, storage_url: str, s3_endpoint: str, t
         "ASRQ_S3_ENDPOINT_URL": s3_endpoint,
         "ASRQ_API_KEYS": f"acme:{api_key},globex:other-{api_key}",
         "ASRQ_ALLOW_PRIVATE_SOURCES": "true",
+        # the tests' s3:// sources live here; the service's own objects are under storage_url's prefix
+        "ASRQ_S3_SOURCE_ALLOW": "asrq-test/inbox/",
         "ASRQ_RECONCILE_INTERVAL_S": "2",
         "ASRQ_RECONCILE_STALE_S": "6",
         "ASRQ_CHUNK_LEASE_S": "20",
+        "ASRQ_VISIBILITY_TIMEOUT_S": "60",
         "ASRQ_BATCH_FLUSH_INTERVAL_S": "0.5",
         "AWS_ACCESS_KEY_ID": "test",
         "AWS_SECRET_ACCESS_KEY": "test",

@@ -16,7 +16,9 @@ import pytest
 from fastapi.testclient import TestClient
 
 MAX_UPLOAD = 200_000
+MAX_JSON = 50_000  # below MAX_UPLOAD, so a test can tell which cap applied
 MAX_BATCH = 5
+KEY_CACHE = 8
 ACME = {"Authorization": "Bearer secret1"}
 GLOBEX = {"Authorization": "Bearer secret2"}
 WAV = b"RIFF\x24\x00\x00\x00WAVEfmt " + bytes(range(256)) * 8
@@ -58,7 +60,6 @@ def _reset_caches() -> None:
 @pytest.fixture
 def api(tmp_path, monkeypatch):
     import workers
-    from app.api import auth
     from app.api.main import create_app
     from app.db.migrate import upgrade
     from app.settings import get_settings
@@ -72,12 +73,14 @@ def api(tmp_path, monkeypatch):
         "ASRQ_BROKER_URL": f"filesystem://{tmp_path / 'broker'}",
         "ASRQ_API_KEYS": "acme:secret1,globex:secret2",
         "ASRQ_MAX_UPLOAD_BYTES": str(MAX_UPLOAD),
+        "ASRQ_MAX_JSON_BYTES": str(MAX_JSON),
         "ASRQ_MAX_BATCH_JOBS": str(MAX_BATCH),
+        "ASRQ_S3_SOURCE_ALLOW": "b,bucket,other,globex=private/calls/",  # the buckets these tests submit from
+        "ASRQ_AUTH_CACHE_MAX_KEYS": str(KEY_CACHE),
     }
     for k, v in env.items():
         monkeypatch.setenv(k, v)
     _reset_caches()
-    monkeypatch.setattr(auth, "_cache", {})
     # the Celery app is a module-level singleton built from settings at import: build a fresh one for this
     # test's broker folder, and put back whatever was imported before afterwards
     prev_mod = sys.modules.pop("workers.celery_app", None)
@@ -125,6 +128,18 @@ def test_keys_from_env_are_stored_hashed(api):
     eng.dispose()
     assert [r[0] for r in rows] == ["acme", "globex"]
     assert all(len(r[1]) == 64 and "secret" not in r[1] for r in rows)
+
+
+def test_bad_tokens_cannot_grow_the_key_cache_or_evict_good_keys(api):
+    from app.api.auth import hash_key
+
+    keys = api.c.app.state.keys
+    assert api.c.get("/v1/jobs", headers=ACME).status_code == 200
+    for i in range(5 * KEY_CACHE):
+        assert api.c.get("/v1/jobs", headers={"Authorization": f"Bearer wrong-{i}"}).status_code == 401
+    assert len(keys.unknown) == KEY_CACHE
+    assert keys.tenants.get(hash_key("secret1")) == "acme"  # still cached: the flood evicted no valid key
+    assert api.c.get("/v1/jobs", headers=ACME).status_code == 200
 
 
 # ---- JSON submissions --------------------------------------------------------------------------------------------
@@ -187,6 +202,56 @@ def test_bad_source_uris_are_422(api, uri):
 def test_private_webhook_is_422(api, hook):
     r = api.submit({"source_uri": "s3://b/k.wav", "webhook_url": hook})
     assert r.status_code == 422, r.text
+
+
+def test_webhook_must_be_https_to_a_host(api):
+    # s3:// and file:// are sources, never webhook targets, even where such sources are allowed
+    for hook in ["s3://b/hook", "s3://bucket/k.wav", "file:///etc/passwd", "http://93.184.215.14/h",
+                 "https:///nohost", "mailto:ops@example.org"]:
+        r = api.submit({"source_uri": "s3://b/k.wav", "webhook_url": hook})
+        assert r.status_code == 422, (hook, r.text)
+        assert "webhook_url" in r.text, hook
+        r = api.upload(webhook_url=hook)
+        assert r.status_code == 422, (hook, r.text)
+        r = api.c.post("/v1/jobs/batch", headers=ACME,
+                       json={"jobs": [{"source_uri": "s3://b/k.wav", "webhook_url": hook}]})
+        assert r.status_code == 422, (hook, r.text)
+    assert api.c.get("/v1/jobs", headers=ACME).json()["jobs"] == [] and api.stored_files() == []
+
+
+def test_s3_source_outside_the_allow_list_is_422(api):
+    for uri in ["s3://elsewhere/k.wav", "s3://private/calls/a.wav", "s3://private/calls-x/a.wav",
+                "s3://bucket2/k.wav", "s3://b/../k.wav"]:
+        r = api.submit({"source_uri": uri})
+        assert r.status_code == 422, (uri, r.text)
+        r = api.c.post("/v1/jobs/batch", headers=ACME,
+                       json={"jobs": [{"source_uri": "s3://b/ok.wav"}, {"source_uri": uri}]})
+        assert r.status_code == 422, (uri, r.text)
+        assert "jobs[1]" in r.text
+    assert api.c.get("/v1/jobs", headers=ACME).json()["jobs"] == []
+    assert api.published() == ""
+
+
+def test_s3_allow_list_per_tenant(api):
+    uri = "s3://private/calls/2024/a.wav"  # allowed for globex only
+    assert api.submit({"source_uri": uri}).status_code == 422
+    r = api.c.post("/v1/jobs", headers=GLOBEX, json={"source_uri": uri})
+    assert r.status_code == 202, r.text
+    r = api.c.post("/v1/jobs/batch", headers=GLOBEX, json={"jobs": [{"source_uri": uri}, {"source_uri": "s3://b/x.wav"}]})
+    assert r.status_code == 202, r.text
+    r = api.c.post("/v1/jobs/batch", headers=ACME, json={"jobs": [{"source_uri": "s3://b/x.wav"}, {"source_uri": uri}]})
+    assert r.status_code == 422, r.text
+    assert api.c.get("/v1/jobs", headers=ACME).json()["jobs"] == []
+
+
+def test_own_storage_is_422_even_when_listed(api):
+    app = api.c.app
+    app.state.settings = app.state.settings.model_copy(update={"storage_url": "s3://b/asrq",
+                                                               "s3_source_allow": "b,globex=b/asrq/"})
+    for headers in (ACME, GLOBEX):
+        r = api.c.post("/v1/jobs", headers=headers, json={"source_uri": "s3://b/asrq/jobs/1/source/talk.wav"})
+        assert r.status_code == 422 and "own storage" in r.text, r.text
+    assert api.submit({"source_uri": "s3://b/asrq-inbox/talk.wav"}).status_code == 202
 
 
 @pytest.mark.parametrize("ctype", ["text/plain", "application/x-www-form-urlencoded", "audio/wav", None])
@@ -357,6 +422,17 @@ def test_upload_over_limit_with_content_length_is_413(api):
 def test_json_over_limit_is_413(api):
     r = api.submit({"source_uri": "s3://b/" + "k" * MAX_UPLOAD})
     assert r.status_code == 413
+
+
+def test_json_has_its_own_cap_and_uploads_keep_theirs(api):
+    # a body between the two caps: too large as JSON, which is buffered and parsed whole; fine as an upload
+    size = (MAX_JSON + MAX_UPLOAD) // 2
+    for path in ("/v1/jobs", "/v1/jobs/batch"):
+        r = api.c.post(path, headers={**ACME, "Content-Type": "application/json"}, content=b" " * size)
+        assert r.status_code == 413, (path, r.text)
+        assert str(MAX_JSON) in r.text
+    r = api.upload(data=WAV + b"\0" * size)
+    assert r.status_code == 202, r.text
 
 
 def _chunks(total: int, size: int = 16_384):

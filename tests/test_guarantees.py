@@ -210,7 +210,7 @@ def test_backlog_is_not_resent_but_a_flush_is(live):
 
 def test_pending_chunks_waiting_or_held_are_not_resent(live):
     from workers.dispatch import send_transcribe
-    from workers.lease import held_chunks
+    from workers.lease import HeldChunks
     from workers.tasks.reconcile import reconcile_once
 
     jid = _add_job(JobState.TRANSCRIBING)
@@ -219,7 +219,7 @@ def test_pending_chunks_waiting_or_held_are_not_resent(live):
     assert reconcile_once().get("transcribe", 0) == 0
     live.redis.delete("transcribe")  # lost: nothing waits for them now
     # a transcribe worker that was handed them keeps them fresh while it works on the batch before them
-    with held_chunks(waiting, stale_s=0.4, max_hold_s=60):
+    with HeldChunks(waiting, lease_s=0.4, max_hold_s=60):
         _age_everything()
         time.sleep(0.5)
         assert reconcile_once().get("transcribe", 0) == 0

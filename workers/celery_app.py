@@ -18,6 +18,7 @@ from app.constants import (
     TASK_PREPARE,
     TASK_RECONCILE,
     TASK_TRANSCRIBE,
+    TASK_WEBHOOK,
 )
 from app.settings import Settings, get_settings
 
@@ -34,8 +35,9 @@ def broker_transport_options(settings: Settings) -> dict:
             "polling_interval": 0.05,
         }
     return {
-        # Redis redelivers an unacked message only after this long: it must exceed the longest task
-        # (prepare of a 10-hour file, a full batch), or a still-running task gets a twin
+        # Redis redelivers an unacked message after this long. A twin of a task still running finds its
+        # work held by a live lease or claim and does nothing; a message whose worker died before
+        # taking the work comes back within this bound (workers/tasks/reconcile.py)
         "visibility_timeout": settings.visibility_timeout_s,
         "socket_keepalive": True,
         "socket_timeout": 30,
@@ -64,6 +66,7 @@ def make_celery(settings: Settings | None = None) -> Celery:
             TASK_TRANSCRIBE: {"queue": QUEUE_TRANSCRIBE, "routing_key": QUEUE_TRANSCRIBE},
             TASK_FINALIZE: {"queue": QUEUE_FINALIZE, "routing_key": QUEUE_FINALIZE},
             TASK_RECONCILE: {"queue": QUEUE_MAINTENANCE, "routing_key": QUEUE_MAINTENANCE},
+            TASK_WEBHOOK: {"queue": QUEUE_MAINTENANCE, "routing_key": QUEUE_MAINTENANCE},
         },
         # ack only after the task ran: a worker killed mid-task leaves its messages to be redelivered
         task_acks_late=True,
@@ -84,6 +87,9 @@ def make_celery(settings: Settings | None = None) -> Celery:
             TASK_FINALIZE: {"time_limit": settings.finalize_time_limit_s,
                             "soft_time_limit": max(1.0, settings.finalize_time_limit_s - 60)},
             TASK_RECONCILE: {"time_limit": 300, "soft_time_limit": 240},
+            # one POST is bounded by its timeouts, but name resolution is not (getaddrinfo has no timeout)
+            TASK_WEBHOOK: {"time_limit": 60 + 4 * settings.webhook_timeout_s,
+                           "soft_time_limit": 30 + 4 * settings.webhook_timeout_s},
         },
         # Postgres is the source of truth; a publish that fails is retried, and the reconciler
         # re-sends anything that still slipped through

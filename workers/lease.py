@@ -17,7 +17,7 @@ from collections.abc import Callable
 
 from app.db.models import JobState
 from app.db.session import session_scope
-from workers.state import renew_job_lease, touch_pending
+from workers.state import renew_job_lease, touch_held
 
 log = logging.getLogger("asrq.lease")
 
@@ -68,13 +68,26 @@ class JobLease(Heartbeat):
         return self.stopped_by_beat
 
 
-def held_chunks(chunk_ids: list[uuid.UUID], stale_s: float, max_hold_s: float) -> Heartbeat:
-    """Keeps fresh the chunks a transcribe task was handed and has not claimed yet (a batch ahead of
-    them may run for minutes), so the reconciler does not take them for lost."""
+class HeldChunks(Heartbeat):
+    """The chunks a transcribe task holds: those it was handed and has not claimed yet are kept fresh
+    (a batch ahead of them may run for minutes), so the reconciler does not take them for lost; those
+    it claimed have their lease renewed while inference runs, so a short lease still hands a dead
+    worker's chunks on quickly without taking them from a slow, live one."""
 
-    def touch() -> bool:
-        with session_scope() as s:
-            touch_pending(s, chunk_ids)
-        return True
+    def __init__(self, chunk_ids: list[uuid.UUID], lease_s: float, max_hold_s: float) -> None:
+        self.claims: set[uuid.UUID] = set()
+        self._lock = threading.Lock()
 
-    return Heartbeat("asrq-held-chunks", stale_s / 4, max_hold_s, touch)
+        def beat() -> bool:
+            with self._lock:
+                claims = set(self.claims)
+            with session_scope() as s:
+                touch_held(s, chunk_ids, claims, lease_s)
+            return True
+
+        super().__init__("asrq-held-chunks", lease_s / 4, max_hold_s, beat)
+
+    def add_claim(self, claim_id: uuid.UUID | None) -> None:
+        if claim_id is not None:
+            with self._lock:
+                self.claims.add(claim_id)

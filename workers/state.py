@@ -182,10 +182,17 @@ def _held(work: list[ChunkWork]):  # noqa: ANN202
             Chunk.claim_id.in_({w.claim_id for w in work}))
 
 
-def touch_pending(session: Session, chunk_ids: list[uuid.UUID]) -> None:
-    """A transcribe worker's heartbeat for chunks it was handed but has not claimed yet."""
+def touch_held(session: Session, chunk_ids: list[uuid.UUID], claims: set[uuid.UUID], lease_s: float) -> None:
+    """A transcribe worker's heartbeat: chunks it was handed but has not claimed yet stay fresh, and the
+    leases of the claims it holds are renewed."""
+    now = utcnow()
     session.execute(update(Chunk).where(Chunk.id.in_(chunk_ids), Chunk.state == ChunkState.PENDING)
-                    .values(updated_at=utcnow()).execution_options(synchronize_session=False))
+                    .values(updated_at=now).execution_options(synchronize_session=False))
+    if claims:
+        session.execute(update(Chunk).where(Chunk.id.in_(chunk_ids), Chunk.state == ChunkState.RUNNING,
+                                            Chunk.claim_id.in_(claims))
+                        .values(lease_until=now + timedelta(seconds=lease_s))
+                        .execution_options(synchronize_session=False))
     session.commit()
 
 

@@ -35,17 +35,17 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI):  # noqa: ANN202
         app.state.settings = settings
         app.state.sessions = session_factory()
-        app.state.auth_required = auth.auth_required(settings)
+        app.state.keys = auth.KeyRing(settings, app.state.sessions)
         try:
-            with app.state.sessions() as s:
-                auth.sync_env_keys(s, settings)
+            app.state.keys.sync()
         except (OperationalError, DBAPIError):
-            log.warning("database unreachable at start-up; API keys from the environment still work")
+            log.warning("database unreachable at start-up; ASRQ_API_KEYS is stored once it answers")
         yield
 
     app = FastAPI(title="asrq", version="0.1.0", lifespan=lifespan,
                   description="Submit recordings, follow jobs, fetch timestamped transcripts.")
-    app.add_middleware(BodySizeLimit, max_bytes=settings.max_upload_bytes)
+    app.add_middleware(BodySizeLimit, max_upload_bytes=settings.max_upload_bytes,
+                       max_json_bytes=settings.max_json_bytes)
     app.include_router(jobs_router)
     app.include_router(health_router)
 

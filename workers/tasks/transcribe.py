@@ -31,7 +31,7 @@ from workers.celery_app import app
 from workers.dispatch import send_finalize, send_transcribe, try_send
 from workers.engines.base import DecodeOptions, EngineOutOfMemory
 from workers.engines.registry import get_engine
-from workers.lease import held_chunks
+from workers.lease import HeldChunks
 from workers.state import (
     ChunkWork,
     claim_chunks,
@@ -114,13 +114,14 @@ def process_chunks(chunk_ids: list[str], worker: str) -> None:
         for group in group_by(fresh, _options_key)
         for b in plan_batches(group, lambda w: w.duration_s, settings.batch_audio_s, settings.batch_max_requests)
     ] + [[w] for w in suspects]
-    held = held_chunks([w.chunk_id for w in todo], settings.reconcile_stale_s, settings.chunk_lease_s)
+    held = HeldChunks([w.chunk_id for w in todo], settings.chunk_lease_s, settings.transcribe_time_limit_s)
     with held, ThreadPoolExecutor(max_workers=1, thread_name_prefix="asrq-fetch") as pool:
         # claim and fetch the next batch's audio while the current one runs on the accelerator
         pending: Future | None = pool.submit(_claim_and_read, batches[0])
         try:
             for n in range(len(batches)):
                 claimed, audios = pending.result()
+                held.add_claim(claimed[0].claim_id if claimed else None)
                 pending = pool.submit(_claim_and_read, batches[n + 1]) if n + 1 < len(batches) else None
                 if claimed:
                     faults.crash_if_poisoned(lambda: list(_filenames({w.job_id for w in claimed}).values()))
