@@ -299,3 +299,79 @@ def test_out_of_memory_splits_the_batch(fstack, baseline):
     finally:
         fstack.procs.pop("gpu-worker").stop()
         fstack.start_transcribe_worker("gpu-worker")
+
+
+class _StallingSource:
+    """A loopback HTTP server whose first GET sends half of the recording and then stalls (a slow source
+    server), so a prepare is caught mid-way; later GETs get the whole file."""
+
+    def __init__(self, data: bytes) -> None:
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        self.data, self.gets = data, 0
+        self.half_sent, self.release = threading.Event(), threading.Event()
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:  # noqa: N802
+                outer.gets += 1
+                first = outer.gets == 1
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(outer.data)))
+                self.end_headers()
+                if not first:
+                    self.wfile.write(outer.data)
+                    return
+                self.wfile.write(outer.data[: len(outer.data) // 2])
+                self.wfile.flush()
+                outer.half_sent.set()
+                outer.release.wait(120)
+
+            def log_message(self, *_a: object) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.release.set()
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def test_kill9_cpu_worker_mid_prepare(fstack, baseline):
+    """Finding 1 of issue 9 as a user met it: the CPU worker (with the reconciler's beat) is killed while
+    a job is PREPARING and a new one is started. The job used to stay PREPARING forever; now the dead
+    holder's lease runs out, the job is taken over with one more attempt, and it completes."""
+    from app.db.models import Job
+    from app.db.session import session_scope
+
+    name = FILES[1]
+    source = _StallingSource((AUDIO / name).read_bytes())
+    try:
+        with fstack.client() as c:
+            r = c.http.post("/v1/jobs", json={"source_uri": f"{source.url}/{name}"})
+            assert r.status_code == 202, r.text
+            jid = r.json()["id"]
+        assert source.half_sent.wait(120), fstack.logs()
+        assert c_state(fstack, jid) == "PREPARING"
+        cpu = fstack.procs["cpu-worker"]
+        cpu.signal_group(signal.SIGKILL)
+        cpu.popen.wait(10)
+        source.release.set()
+        fstack.start_cpu_worker()
+        job = _wait(fstack, {name: jid}, 180)[name]
+    finally:
+        source.close()
+    assert job["state"] == "COMPLETED", (job, fstack.logs())
+    assert _transcripts(fstack, {name: jid})[name]["text"] == baseline[name]["text"]
+    with session_scope() as s:
+        assert s.get(Job, jid).prepare_attempts == 2
+    assert source.gets == 2
+
+
+def c_state(st: Stack, jid: str) -> str:
+    with st.client() as c:
+        return c.http.get(f"/v1/jobs/{jid}").json()["state"]

@@ -357,3 +357,41 @@ def test_cancel_against_saving_results_never_deadlocks(live):
                                                (JobState.CANCELLED, {ChunkState.FAILED: 4})), (job.state, states)
     assert not errors, [repr(e)[:300] for e in errors]
 
+
+
+# ---- one job's bad option charges nobody else ---------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_model_that_cannot_load_fails_only_the_jobs_naming_it(live):
+    """Finding 2: a model that fails to load on a worker used to escape the batch's error handling; the
+    claimed chunks stayed RUNNING, were charged attempts and looped. Now the jobs that named it fail at
+    once with the reason, and a job with a good model handed over in the same task completes."""
+    import io
+
+    from app.constants import pcm_key
+    from app.storage import get_store
+    from tests.services import AUDIO
+    from workers.audio import decode_to_pcm
+    from workers.tasks.transcribe import process_chunks
+
+    buf = io.BytesIO()
+    info = decode_to_pcm(AUDIO / "en_jfk_ask_not_11s.flac", buf)
+    good = _add_job(JobState.TRANSCRIBING, {"engine": "whisper", "model": "bundled:tiny.en"})
+    bad = _add_job(JobState.TRANSCRIBING, {"engine": "whisper", "model": "bundled:no-such-model"})
+    chunk_ids = []
+    for jid in (good, bad):
+        get_store().put_bytes(pcm_key(jid), buf.getvalue())
+        with _session() as s:
+            c = Chunk(job_id=jid, index=0, start_ms=0, end_ms=int(info.duration_s * 1000))
+            s.add(c)
+            s.flush()
+            chunk_ids.append(str(c.id))
+            s.execute(update(Job).where(Job.id == jid).values(chunks_total=1))
+    process_chunks(chunk_ids, "test-worker")
+    bad_job, good_job = _job(bad), _job(good)
+    assert bad_job.state == JobState.FAILED and "no-such-model" in bad_job.error, bad_job.error
+    assert good_job.state == JobState.FINALIZING
+    with _session() as s:
+        attempts = dict(s.execute(select(Chunk.job_id, Chunk.attempts)).all())
+    assert attempts == {good: 1, bad: 1}
