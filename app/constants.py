@@ -15,6 +15,7 @@ TASK_PREPARE = "asrq.prepare"
 TASK_TRANSCRIBE = "asrq.transcribe"
 TASK_FINALIZE = "asrq.finalize"
 TASK_RECONCILE = "asrq.reconcile"
+TASK_WEBHOOK = "asrq.webhook"
 
 TRANSCRIPT_FORMATS = ("json", "srt", "vtt", "txt")
 

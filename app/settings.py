@@ -116,10 +116,10 @@ class Settings(BaseSettings):
     s3_source_allow: str = ""
     source_timeout_s: float = Field(30.0, gt=0)  # connect, and each read, of an https:// source download
     presign_expiry_s: int = 3600
-    # one POST per delivery try; a slow receiver holds a maintenance worker for at most about this long
-    # (connect + send + response headers)
+    # each phase (connect, send, response headers) of the one POST a delivery try makes: a slow receiver
+    # holds a maintenance worker for a few times this, not more
     webhook_timeout_s: float = Field(5.0, gt=0)
-    webhook_max_tries: int = Field(6, ge=1)  # with the backoff below: about 5 minutes before giving up
+    webhook_max_tries: int = Field(6, ge=1)  # 5 s doubling, jittered: the last try 1.5-2.5 minutes after the first
     webhook_backoff_max_s: float = Field(300.0, gt=0)
 
     @model_validator(mode="after")

@@ -1,4 +1,5 @@
-"""Where a job's audio comes from: uploads, s3:// objects, https:// URLs (with SSRF checks), file://."""
+"""Where a job's audio comes from: uploads, s3:// objects (allow-listed), https:// URLs (SSRF checks),
+file://; and where completion webhooks may go."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from pathlib import Path, PurePosixPath
 from urllib.parse import unquote, urlparse
 
 from app.errors import BadSource
-from app.settings import Settings
+from app.settings import S3_BUCKET_NAME, Settings
 
 UPLOAD_SCHEME = "upload"
 ALLOWED_SCHEMES = ("s3", "https", "http", "file")
@@ -25,46 +26,130 @@ def safe_filename(name: str | None, fallback: str = "audio") -> str:
     return base or fallback
 
 
-def validate_source_uri(uri: str, settings: Settings) -> str:
-    """Check a client-given source URI; raise BadSource with a reason a client can act on."""
+def _parse(uri: str, what: str):  # noqa: ANN202
     if any(ord(c) < 32 for c in uri):
-        raise BadSource("source_uri contains control characters")
+        raise BadSource(f"{what} contains control characters")
     try:
         parsed = urlparse(uri)
         port = parsed.port  # raises on a port out of range or not a number
     except ValueError as e:
-        raise BadSource(f"malformed source_uri: {e}") from e
+        raise BadSource(f"malformed {what}: {e}") from e
+    return parsed, port
+
+
+def validate_source_uri(uri: str, settings: Settings, tenant: str | None = None) -> str:
+    """Check a client-given source URI for ``tenant`` (None: only what every tenant may read); raise
+    BadSource with a reason a client can act on."""
+    parsed, port = _parse(uri, "source_uri")
     scheme = parsed.scheme.lower()
     if scheme not in ALLOWED_SCHEMES:
         raise BadSource(f"unsupported source_uri scheme {scheme or '(none)'!r}; use s3:// or https://")
     if scheme == "s3":
-        if not parsed.netloc or not parsed.path.strip("/"):
-            raise BadSource("s3 source_uri must be s3://bucket/key")
-        if ".." in unquote(parsed.path).split("/"):
-            raise BadSource("source_uri key must not contain '..'")
+        check_s3_source(uri, settings, tenant)
     elif scheme in ("http", "https"):
         if scheme == "http" and not settings.allow_private_sources:
             raise BadSource("plain http:// sources are refused; use https://")
         if not parsed.hostname:
             raise BadSource("source_uri has no host")
         check_public_host(parsed.hostname, port or (443 if scheme == "https" else 80), settings)
-    elif scheme == "file" and not settings.allow_file_sources:
-        raise BadSource("file:// sources are disabled on this server")
+    elif scheme == "file":
+        check_file_source(uri, settings)
     return uri
+
+
+def validate_webhook_url(url: str, settings: Settings, resolve: bool = True) -> str:
+    """https:// only (http:// too where private targets are allowed), to a public host. ``resolve=False``
+    leaves the address check to the connection, which resolves once and connects to what it checked."""
+    parsed, port = _parse(url, "webhook_url")
+    scheme = parsed.scheme.lower()
+    if scheme != "https" and not (scheme == "http" and settings.allow_private_sources):
+        raise BadSource("webhook_url must be an https:// URL")
+    if not parsed.hostname:
+        raise BadSource("webhook_url has no host")
+    if resolve:
+        check_public_host(parsed.hostname, port or (443 if scheme == "https" else 80), settings)
+    return url
+
+
+def s3_location(uri: str) -> tuple[str, str]:
+    """(bucket, key) exactly as the worker will read them."""
+    parsed = urlparse(uri)
+    return parsed.netloc, unquote(parsed.path.lstrip("/"))
+
+
+def _under(key: str, prefix: tuple[str, ...]) -> bool:
+    # whole path segments: a rule for calls/ must not let calls-private/ through
+    segments = key.split("/")
+    return len(segments) > len(prefix) and tuple(segments[: len(prefix)]) == prefix
+
+
+def _own_storage(bucket: str, key: str, settings: Settings) -> bool:
+    if not settings.storage_url.startswith("s3://"):
+        return False
+    # the prefix exactly as app.storage.store_from_url uses it (not percent-decoded, inner '//' kept)
+    parsed = urlparse(settings.storage_url)
+    own_bucket, own_key = parsed.netloc, parsed.path.strip("/")
+    own_prefix = tuple(own_key.split("/")) if own_key else ()
+    # bucket names compared without case: refuse rather than trust an endpoint to tell them apart
+    return bucket.lower() == own_bucket.lower() and tuple(key.split("/")[: len(own_prefix)]) == own_prefix
+
+
+def check_s3_source(uri: str, settings: Settings, tenant: str | None) -> None:
+    """An s3:// source is read with the service's own credentials, so it must lie in a bucket/folder the
+    deployment allows for this tenant (ASRQ_S3_SOURCE_ALLOW), and never in the service's own storage."""
+    bucket, key = s3_location(uri)
+    if not bucket or not key.strip("/"):
+        raise BadSource("s3 source_uri must be s3://bucket/key")
+    if not S3_BUCKET_NAME.match(bucket):  # no userinfo, port or other netloc tricks
+        raise BadSource(f"s3 source_uri has an invalid bucket name {bucket!r}")
+    if any(s in (".", "..") for s in key.split("/")):
+        raise BadSource("source_uri key must not contain '.' or '..' segments")
+    if any(ord(c) < 32 or ord(c) == 127 for c in key):
+        raise BadSource("source_uri contains control characters")
+    if _own_storage(bucket, key, settings):
+        raise BadSource("s3 sources may not point into this service's own storage")
+    if not any(r.bucket == bucket and _under(key, r.prefix)
+               for r in settings.s3_source_rules() if r.tenant is None or r.tenant == tenant):
+        raise BadSource(f"this server does not allow sources from s3://{bucket}/{key}")
+
+
+def check_file_source(uri: str, settings: Settings) -> Path:
+    """file:// (labs, single machines): allowed only when enabled, and never inside this service's own
+    folders (other jobs' uploads and audio, the database)."""
+    if not settings.allow_file_sources:
+        raise BadSource("file:// sources are disabled on this server")
+    path = file_source_path(uri).resolve()
+    own = [settings.home.resolve()]
+    if settings.storage_url.startswith("file://"):
+        own.append(Path(urlparse(settings.storage_url).path).resolve())
+    if any(path.is_relative_to(d) for d in own):
+        raise BadSource("file sources may not point into this service's own folders")
+    return path
+
+
+def resolve_checked(host: str, port: int, settings: Settings) -> list[str]:
+    """Every address ``host`` resolves to, each one checked (unless private targets are allowed). Connect
+    only to these: a second lookup could answer differently (DNS rebinding)."""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except (socket.gaierror, UnicodeError) as e:  # UnicodeError: a name IDNA cannot encode (empty/long label)
+        raise BadSource(f"cannot resolve host {host!r}") from e
+    addresses = list(dict.fromkeys(info[4][0].split("%")[0] for info in infos))
+    if not settings.allow_private_sources:
+        for address in addresses:
+            ip = ipaddress.ip_address(address)
+            if not ip.is_global or ip.is_multicast:
+                raise BadSource("the URL points at a private, loopback or link-local address")
+    if not addresses:
+        raise BadSource(f"cannot resolve host {host!r}")
+    return addresses
 
 
 def check_public_host(host: str, port: int, settings: Settings) -> None:
     """Refuse hosts that resolve to loopback, private, link-local or reserved addresses (SSRF)."""
     if settings.allow_private_sources:
         return
-    try:
-        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-    except (socket.gaierror, UnicodeError) as e:  # UnicodeError: a name IDNA cannot encode (empty/long label)
-        raise BadSource(f"cannot resolve source host {host!r}") from e
-    for info in infos:
-        ip = ipaddress.ip_address(info[4][0].split("%")[0])
-        if not ip.is_global or ip.is_multicast:
-            raise BadSource("source_uri points at a private, loopback or link-local address")
+    resolve_checked(host, port, settings)
 
 
 def filename_from_uri(uri: str) -> str:

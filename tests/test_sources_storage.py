@@ -257,7 +257,141 @@ def test_control_characters_rejected(settings, no_dns, uri):
 @pytest.mark.parametrize("uri", ["s3://bucket/key", "s3://my-bucket/deep/dir/talk%20one.wav", "S3://bucket/k.wav",
                                  "s3://bucket/a..b/c...wav"])
 def test_s3_uris_accepted(settings, no_dns, uri):
-    assert validate_source_uri(uri, settings) == uri
+    allowed = settings.model_copy(update={"s3_source_allow": "bucket,my-bucket/deep/"})
+    assert validate_source_uri(uri, allowed) == uri
+
+
+# ---- s3:// allow-list ------------------------------------------------------------------------------------------
+
+
+def _s3(settings: Settings, allow: str, storage: str = "s3://asrq-data/svc") -> Settings:
+    return settings.model_copy(update={"s3_source_allow": allow, "storage_url": storage})
+
+
+def test_s3_sources_denied_by_default(settings, no_dns):
+    for uri in ("s3://bucket/key.wav", "s3://asrq-data/inbox/a.wav"):
+        with pytest.raises(BadSource, match="does not allow"):
+            validate_source_uri(uri, settings)
+        with pytest.raises(BadSource, match="does not allow"):
+            validate_source_uri(uri, settings, "acme")
+
+
+S3_PREFIX_CASES = [
+    ("s3://media/calls/a.wav", True),
+    ("s3://media/calls/2024/05/a.wav", True),
+    ("s3://media/calls//a.wav", True),  # literally under calls/ in S3 too
+    ("s3://media/calls-private/a.wav", False),  # a prefix matches whole segments, not characters
+    ("s3://media/callsx.wav", False),
+    ("s3://media/calls", False),  # the folder's name itself is no object under it
+    ("s3://media/other/a.wav", False),
+    ("s3://media/a.wav", False),
+    ("s3://media2/calls/a.wav", False),
+    ("s3://medi/calls/a.wav", False),
+    ("s3://media/calls/../secret/a.wav", False),
+    ("s3://media/calls/%2e%2e/secret/a.wav", False),
+    ("s3://media/calls/./a.wav", False),
+    ("s3://media/calls%2F..%2Fsecret/a.wav", False),  # decoded the way the worker reads it
+    ("s3://media/calls/a%00b.wav", False),
+    ("s3://user@media/calls/a.wav", False),
+    ("s3://media:443/calls/a.wav", False),
+    ("s3://open/anything/at/all.wav", True),  # a whole bucket
+    ("s3://other-bucket/calls/a.wav", False),
+]
+
+
+def test_s3_prefix_matches_whole_segments(settings, no_dns):
+    s = _s3(settings, "media/calls/, open")
+    for uri, ok in S3_PREFIX_CASES:
+        if ok:
+            assert validate_source_uri(uri, s) == uri
+        else:
+            with pytest.raises(BadSource):
+                validate_source_uri(uri, s)
+
+
+def test_s3_per_tenant_entries(settings, no_dns):
+    s = _s3(settings, "shared/pub, acme=media/acme/, globex=media/globex/calls, globex=raw")
+    assert validate_source_uri("s3://shared/pub/a.wav", s, "acme")
+    assert validate_source_uri("s3://shared/pub/a.wav", s, "globex")
+    assert validate_source_uri("s3://media/acme/a.wav", s, "acme")
+    assert validate_source_uri("s3://media/globex/calls/a.wav", s, "globex")
+    assert validate_source_uri("s3://raw/x/y.wav", s, "globex")
+    for uri, tenant in [("s3://media/acme/a.wav", "globex"), ("s3://media/globex/calls/a.wav", "acme"),
+                        ("s3://raw/x/y.wav", "acme"), ("s3://media/acme/a.wav", None),
+                        ("s3://media/acme/a.wav", "acme2"), ("s3://media/globex/a.wav", "globex")]:
+        with pytest.raises(BadSource, match="does not allow"):
+            validate_source_uri(uri, s, tenant)
+
+
+def test_own_storage_is_never_a_source(settings, no_dns):
+    for storage, uri in [
+        ("s3://asrq-data/svc", "s3://asrq-data/svc/jobs/1/source/a.wav"),
+        ("s3://asrq-data/svc/", "s3://asrq-data/svc/jobs/1/audio.s16le"),
+        ("s3://asrq-data/svc", "s3://ASRQ-DATA/svc/jobs/1/audio.s16le"),
+        ("s3://asrq-data", "s3://asrq-data/inbox/a.wav"),  # storage at the bucket root owns the whole bucket
+        ("s3://asrq-data/a/b", "s3://asrq-data/a/b/jobs/x/source/y.wav"),
+    ]:
+        s = _s3(settings, "asrq-data, ASRQ-DATA, acme=asrq-data/svc/", storage)
+        for tenant in (None, "acme"):
+            with pytest.raises(BadSource, match="own storage"):
+                validate_source_uri(uri, s, tenant)
+    # by whole segments here too: a neighbour of the storage prefix stays readable
+    s = _s3(settings, "asrq-data", "s3://asrq-data/svc")
+    assert validate_source_uri("s3://asrq-data/svc-inbox/a.wav", s)
+    assert validate_source_uri("s3://asrq-data/inbox/svc/a.wav", s)
+
+
+def test_s3_source_allow_is_checked_at_start_up(settings):
+    from pydantic import ValidationError
+
+    from app.settings import S3SourceRule
+
+    s = Settings(home=settings.home, s3_source_allow=" media/calls/ ,acme=s3://raw, b/date=2024-01-01/ ")
+    assert s.s3_source_rules() == (S3SourceRule(None, "media", ("calls",)), S3SourceRule("acme", "raw", ()),
+                                   S3SourceRule(None, "b", ("date=2024-01-01",)))
+    for bad in ("=media", "acme=", "media/../x", "me dia", "media/a//b", "user@media", "acme=me:dia"):
+        with pytest.raises(ValidationError, match="ASRQ_S3_SOURCE_ALLOW"):
+            Settings(home=settings.home, s3_source_allow=bad)
+
+
+def test_file_sources_never_inside_own_folders(settings, no_dns, tmp_path):
+    s = settings.model_copy(update={"allow_file_sources": True, "storage_url": f"file://{tmp_path / 'objects'}",
+                                    "home": tmp_path / "home"})
+    (tmp_path / "home").mkdir()
+    (tmp_path / "objects").mkdir()
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "link").symlink_to(tmp_path / "objects")
+    for uri in (f"file://{tmp_path}/objects/jobs/1/source/a.wav", f"file://{tmp_path}/home/asrq.db",
+                f"file://{tmp_path}/in/../objects/a.wav", f"file://{tmp_path}/in/link/jobs/a.wav"):
+        with pytest.raises(BadSource, match="own folders"):
+            validate_source_uri(uri, s)
+    assert validate_source_uri(f"file://{tmp_path}/in/a.wav", s)
+
+
+# ---- webhook URLs ----------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("url", [
+    "s3://bucket/hook", "file:///etc/passwd", "ftp://93.184.215.14/x", "http://93.184.215.14/hook",
+    "https:///nohost", "https://127.0.0.1/hook", "https://10.0.0.1/hook", "https://[::1]/hook",
+    "https://93.184.215.14:99999/hook", "https://93.184.215.14/\r\nX: y", "gopher://93.184.215.14/",
+])
+def test_bad_webhook_urls_rejected(settings, no_dns, url):
+    from app.sources import validate_webhook_url
+
+    allowed = settings.model_copy(update={"s3_source_allow": "bucket", "allow_file_sources": True})
+    with pytest.raises(BadSource):
+        validate_webhook_url(url, allowed)
+
+
+def test_webhook_urls_accepted(settings, no_dns):
+    from app.sources import validate_webhook_url
+
+    assert validate_webhook_url("https://93.184.215.14:8443/hook?t=1", settings)
+    lab = settings.model_copy(update={"allow_private_sources": True})
+    assert validate_webhook_url("http://127.0.0.1:9000/hook", lab)
+    with pytest.raises(BadSource, match="https"):
+        validate_webhook_url("s3://bucket/hook", lab)
 
 
 def test_check_public_host_skipped_when_private_allowed(settings, monkeypatch):

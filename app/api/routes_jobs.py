@@ -16,9 +16,10 @@ from starlette.datastructures import UploadFile
 from app.api.auth import current_tenant
 from app.constants import TRANSCRIPT_FORMATS, source_key, transcript_key
 from app.db.models import JobState
-from app.jobs import NewJob, cancel_or_delete, create_batch, create_job, get_job, job_out, list_jobs
+from app.jobs import (NewJob, cancel_or_delete, create_batch, create_job, get_job, job_out, list_jobs,
+                      resolved_options)
 from app.schemas import BatchCreate, BatchOut, JobCreate, JobList, JobOptions, JobOut
-from app.sources import UPLOAD_SCHEME, safe_filename, validate_source_uri
+from app.sources import UPLOAD_SCHEME, safe_filename, validate_source_uri, validate_webhook_url
 from app.storage import ObjectNotFound, get_store
 from workers import faults
 from workers.dispatch import send_prepare, try_send
@@ -80,6 +81,7 @@ async def submit_job(
             if not isinstance(upload, UploadFile):
                 raise HTTPException(422, "multipart upload needs the audio in the form field 'file'")
             options = _form_options(form)
+            resolved_options(options, settings)  # a model that is not installed: 422 before storing the upload
             webhook = form.get("webhook_url") or None
             filename = safe_filename(upload.filename)
             uploaded_key = source_key(job_id, filename)
@@ -94,7 +96,7 @@ async def submit_job(
                 body = JobCreate.model_validate_json(await request.body())
             except ValidationError as e:
                 raise _validation_422(e) from e
-            validate_source_uri(body.source_uri, settings)
+            validate_source_uri(body.source_uri, settings, tenant)
             from app.sources import filename_from_uri
 
             new = NewJob(body.source_uri, filename_from_uri(body.source_uri),
@@ -103,7 +105,7 @@ async def submit_job(
         else:
             raise HTTPException(415, "send multipart/form-data with a 'file' field, or JSON with 'source_uri'")
         if new.webhook_url:
-            validate_source_uri(new.webhook_url, settings)
+            validate_webhook_url(new.webhook_url, settings)
     except ValidationError as e:
         raise _validation_422(e) from e
     except json.JSONDecodeError as e:
@@ -133,17 +135,31 @@ async def submit_job(
     return JSONResponse(out.model_dump(mode="json"), 202 if created else 200)
 
 
+async def _batch_body(request: Request, _tenant: str = Depends(current_tenant)) -> BatchCreate:
+    """The batch, read only once the key was checked: FastAPI reads and decodes a declared body parameter
+    before it runs any dependency, so an unauthenticated client could make it parse up to the body cap."""
+    if not request.headers.get("content-type", "").startswith("application/json"):
+        raise HTTPException(415, 'send JSON: {"jobs": [{"source_uri": ...}, ...]}')
+    raw = await request.body()
+    try:
+        # up to max_json_bytes of JSON: decoded off the event loop so other requests keep moving
+        return await run_in_threadpool(BatchCreate.model_validate_json, raw)
+    except ValidationError as e:
+        raise _validation_422(e) from e
+
+
 @router.post("/jobs/batch", status_code=202, response_model=BatchOut, summary="Submit many recordings by URI")
-def submit_batch(request: Request, body: BatchCreate, background: BackgroundTasks,
-                 tenant: str = Depends(current_tenant)) -> BatchOut:
+def submit_batch(request: Request, background: BackgroundTasks, tenant: str = Depends(current_tenant),
+                 body: BatchCreate = Depends(_batch_body)) -> BatchOut:
     settings = request.app.state.settings
     if len(body.jobs) > settings.max_batch_jobs:
         raise HTTPException(413, f"a batch holds at most {settings.max_batch_jobs} jobs; split it")
     for n, item in enumerate(body.jobs):
         try:
-            validate_source_uri(item.source_uri, settings)
+            validate_source_uri(item.source_uri, settings, tenant)
+            resolved_options(JobOptions(**item.model_dump(include=set(JobOptions.model_fields))), settings)
             if item.webhook_url:
-                validate_source_uri(item.webhook_url, settings)
+                validate_webhook_url(item.webhook_url, settings)
         except Exception as e:
             raise HTTPException(422, f"jobs[{n}]: {e}") from e
     with request.app.state.sessions() as s:

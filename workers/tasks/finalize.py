@@ -17,16 +17,17 @@ from workers.celery_app import app
 from workers.engines.base import Word
 from workers.formats import CONTENT_TYPES, render
 from workers.merge import ChunkResult, MergeOptions, merge
-from workers.state import complete_job
+from workers.lease import JobLease
+from workers.state import begin_finalize, complete_job, requeue_finalize
 from workers.tasks.policy import run_job_step
-from workers.webhooks import notify
+from workers.webhooks import enqueue_webhook
 
 log = logging.getLogger("asrq.finalize")
 
 
 @app.task(name=TASK_FINALIZE, bind=True)
 def finalize(self, job_id: str) -> None:  # noqa: ANN001
-    run_job_step(self, job_id, finalize_job, "finalizing the transcript")
+    run_job_step(self, job_id, finalize_job, "finalizing the transcript", on_transient=requeue_finalize)
 
 
 def is_cjk(text: str) -> bool:
@@ -36,10 +37,25 @@ def is_cjk(text: str) -> bool:
 
 
 def finalize_job(job_id: uuid.UUID) -> None:
+    settings = get_settings()
+    with session_scope() as s:
+        # finished, failed or cancelled meanwhile, or a live finalize holds it: nothing to do
+        attempt = begin_finalize(s, job_id, settings.max_attempts, settings.reconcile_stale_s)
+        if attempt is None:
+            return
+    with JobLease(job_id, JobState.FINALIZING, attempt, settings.reconcile_stale_s, settings.finalize_time_limit_s):
+        language = _write_transcript(job_id)
+        with session_scope() as s:
+            moved = complete_job(s, job_id, language, attempt)
+            webhook = s.get(Job, job_id).webhook_url if moved else None
+    if webhook:
+        enqueue_webhook(webhook, {"job_id": str(job_id), "state": JobState.COMPLETED.value})
+
+
+def _write_transcript(job_id: uuid.UUID) -> str | None:
+    """Merge the chunk results and write every format; returns the job's language."""
     with session_scope() as s:
         job = s.get(Job, job_id)
-        if job is None or job.state != JobState.FINALIZING:
-            return  # finished, failed or cancelled meanwhile: a repeat delivery has nothing to do
         rows = s.scalars(select(Chunk).where(Chunk.job_id == job_id, Chunk.state == ChunkState.DONE)
                          .order_by(Chunk.index)).all()
         chunks = [
@@ -55,8 +71,4 @@ def finalize_job(job_id: uuid.UUID) -> None:
     # every format is written on every run: a repeated finalize rewrites identical objects
     for fmt in sorted(set(formats) | {"json"}):
         store.put_bytes(transcript_key(job_id, fmt), render(transcript, fmt).encode("utf-8"), CONTENT_TYPES[fmt])
-    with session_scope() as s:
-        moved = complete_job(s, job_id, language)
-        webhook = s.get(Job, job_id).webhook_url if moved else None
-    if webhook:
-        notify(webhook, {"job_id": str(job_id), "state": JobState.COMPLETED.value}, get_settings())
+    return language

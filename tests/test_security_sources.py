@@ -1,0 +1,476 @@
+"""Fetching sources and delivering webhooks safely: connections go to the address that was checked (no DNS
+rebinding), sizes are capped while bytes arrive, s3:// reads obey the allow-list again in the worker, and
+webhooks run as their own retried task that finalize only enqueues.
+
+Real loopback HTTP(S) servers, the moto S3 server, SQLite and the filesystem broker; the resolver is the
+one thing replaced, so a name can answer differently on its second lookup.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime
+import http.server
+import ipaddress
+import json
+import os
+import socket
+import ssl
+import sys
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+from app.errors import AsrqError, BadSource, TransientError
+from app.settings import Settings
+
+NAME = "media.example.org"
+PUBLIC = "93.184.215.14"  # passes the check; the rebinding tests must never reach the loopback servers
+# (and never leave this machine either: see loopback_only, which refuses any connection off loopback)
+AUDIO = b"RIFF" + bytes(range(256)) * 64
+
+
+class Server:
+    """A loopback HTTP server that records each request and answers from a list of replies."""
+
+    def __init__(self, host: str = "127.0.0.1", port: int = 0, replies: list[dict] | None = None,
+                 tls: ssl.SSLContext | None = None) -> None:
+        self.requests: list[dict] = []
+        self.replies = list(replies or [{}])
+        outer = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def _serve(self) -> None:
+                body = self.rfile.read(int(self.headers.get("content-length") or 0))
+                outer.requests.append({"method": self.command, "path": self.path, "host": self.headers["host"],
+                                       "body": body})
+                reply = outer.replies[min(len(outer.replies), len(outer.requests)) - 1]
+                time.sleep(reply.get("delay_s", 0))
+                data = reply.get("body", AUDIO)
+                self.send_response(reply.get("status", 200))
+                if "length" in reply:
+                    self.send_header("Content-Length", str(reply["length"]))
+                elif reply.get("chunked"):
+                    self.send_header("Transfer-Encoding", "chunked")
+                else:
+                    self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                try:
+                    if reply.get("chunked"):
+                        for _ in range(reply["chunked"]):
+                            self.wfile.write(b"%x\r\n%s\r\n" % (len(data), data))
+                        self.wfile.write(b"0\r\n\r\n")
+                    else:
+                        self.wfile.write(data)
+                        time.sleep(reply.get("stall_s", 0))
+                except OSError:
+                    pass  # the client gave up on purpose
+
+            do_GET = do_POST = _serve
+
+            def log_message(self, *a) -> None:  # noqa: ANN002
+                pass
+
+        self.httpd = http.server.ThreadingHTTPServer((host, port), Handler)
+        self.httpd.daemon_threads = True
+        if tls is not None:
+            self.httpd.socket = tls.wrap_socket(self.httpd.socket, server_side=True)
+        self.port = self.httpd.server_address[1]
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+@pytest.fixture
+def servers():
+    started: list[Server] = []
+
+    def start(*a, **kw) -> Server:
+        started.append(Server(*a, **kw))
+        return started[-1]
+
+    yield start
+    for s in started:
+        s.close()
+
+
+def rebinding_dns(monkeypatch, answers: list[str]) -> list[str]:
+    """NAME answers answers[0] on its first lookup, answers[1] on the next ones; IP literals resolve as
+    themselves (the connection to a checked address goes through getaddrinfo too)."""
+    real, lookups = socket.getaddrinfo, []
+
+    def resolve(host, port, *a, **kw):  # noqa: ANN001, ANN002, ANN003
+        h = host.decode() if isinstance(host, bytes) else str(host)
+        if h != NAME:
+            return real(host, port, *a, **kw)  # only IP literals get here: no network lookup
+        lookups.append(h)
+        ip = answers[min(len(lookups), len(answers)) - 1]
+        return [(socket.AF_INET6 if ":" in ip else socket.AF_INET, socket.SOCK_STREAM, 6, "", (ip, port))]
+
+    monkeypatch.setattr(socket, "getaddrinfo", resolve)
+    return lookups
+
+
+def loopback_only(monkeypatch) -> list[tuple]:
+    """The network as these tests may use it: connections to loopback go through; any other address is
+    recorded and refused at once, so a test proves where a request went without sending it anywhere."""
+    real, attempts = socket.create_connection, []
+
+    def connect(address, *a, **kw):  # noqa: ANN001, ANN002, ANN003
+        if not ipaddress.ip_address(address[0]).is_loopback:
+            attempts.append(address)
+            raise ConnectionRefusedError(f"test network: {address[0]} is off loopback")
+        return real(address, *a, **kw)
+
+    monkeypatch.setattr(socket, "create_connection", connect)
+    return attempts
+
+
+@pytest.fixture
+def settings(monkeypatch, tmp_path) -> Settings:
+    for k in [k for k in os.environ if k.startswith("ASRQ_")]:
+        monkeypatch.delenv(k)
+    return Settings(home=tmp_path / "home", source_timeout_s=2.0, webhook_timeout_s=1.0)
+
+
+def _self_signed_tls(name: str, tmp: Path) -> ssl.SSLContext:
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (x509.CertificateBuilder().subject_name(subject).issuer_name(subject).public_key(key.public_key())
+            .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(days=1))
+            .not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(x509.SubjectAlternativeName([x509.DNSName(name)]), critical=False)
+            .sign(key, hashes.SHA256()))
+    (tmp / "cert.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    (tmp / "key.pem").write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                                    serialization.NoEncryption()))
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(tmp / "cert.pem", tmp / "key.pem")
+    return ctx
+
+
+# ---- https:// sources: connect to the checked address ---------------------------------------------------------
+
+
+def test_http_source_is_fetched_from_the_checked_address(settings, servers, monkeypatch, tmp_path):
+    from workers.fetch import fetch_source
+
+    first = servers("127.0.0.1")
+    second = servers("127.0.0.2", first.port)
+    url = f"https://{NAME}:{first.port}/talk.wav"
+
+    # default rules: the name passes the check with a public address, then rebinds to loopback
+    lookups = rebinding_dns(monkeypatch, [PUBLIC, "127.0.0.1"])
+    off_loopback = loopback_only(monkeypatch)
+    with pytest.raises(AsrqError):
+        fetch_source(uuid.uuid4(), url, "talk.wav", None, settings, tmp_path / "a")
+    assert off_loopback == [(PUBLIC, first.port)]  # the checked address, and only it
+    assert first.requests == [] and second.requests == []
+    assert lookups == [NAME]
+
+    # private targets allowed (a lab): still one lookup, and the request goes to its answer, by name
+    lab = settings.model_copy(update={"allow_private_sources": True})
+    lookups = rebinding_dns(monkeypatch, ["127.0.0.1", "127.0.0.2"])
+    dest = fetch_source(uuid.uuid4(), url.replace("https", "http"), "talk.wav", None, lab, tmp_path / "b")
+    assert dest.read_bytes() == AUDIO
+    assert lookups == [NAME]
+    assert [(r["method"], r["path"], r["host"]) for r in first.requests] == [("GET", "/talk.wav",
+                                                                             f"{NAME}:{first.port}")]
+    assert second.requests == []
+
+    # TLS to the pinned address: SNI carries the name, and the certificate is still verified
+    seen_sni: list[str | None] = []
+    tls = _self_signed_tls(NAME, tmp_path)
+    tls.sni_callback = lambda sock, name, ctx: seen_sni.append(name)
+    tls_server = servers("127.0.0.1", replies=[{}], tls=tls)
+    lookups = rebinding_dns(monkeypatch, ["127.0.0.1", "127.0.0.2"])
+    with pytest.raises(TransientError, match="ConnectError"):  # self-signed: verification refuses it
+        fetch_source(uuid.uuid4(), f"https://{NAME}:{tls_server.port}/x.wav", "x.wav", None, lab, tmp_path / "c")
+    assert seen_sni == [NAME] and lookups == [NAME]
+    assert tls_server.requests == []
+
+
+def test_http_source_size_is_capped_before_and_while_reading(settings, servers, tmp_path):
+    from workers.fetch import fetch_source
+
+    lab = settings.model_copy(update={"allow_private_sources": True, "max_upload_bytes": 50_000})
+    # an announced size over the cap is refused at once, without waiting for a body that never comes
+    liar = servers(replies=[{"length": 10**9, "body": b"RIFF", "stall_s": 5}])
+    t0 = time.monotonic()
+    with pytest.raises(BadSource, match="50000 byte limit"):
+        fetch_source(uuid.uuid4(), f"http://127.0.0.1:{liar.port}/a.wav", "a.wav", None, lab, tmp_path / "a")
+    assert time.monotonic() - t0 < 2
+    # no size announced: counted while streaming
+    chunked = servers(replies=[{"chunked": 100, "body": b"\0" * 4096}])
+    with pytest.raises(BadSource, match="50000 byte limit"):
+        fetch_source(uuid.uuid4(), f"http://127.0.0.1:{chunked.port}/a.wav", "a.wav", None, lab, tmp_path / "b")
+    assert (tmp_path / "b").stat().st_size <= 50_000
+
+
+# ---- file:// and s3:// sources: capped, allow-listed again in the worker ---------------------------------------
+
+
+def test_copy_capped_stops_a_source_that_keeps_growing(tmp_path):
+    from workers.fetch import copy_capped
+
+    def growing():
+        while True:  # more and more bytes, whatever its size looked like when it was opened
+            yield b"\0" * 1000
+
+    with pytest.raises(BadSource, match="10000 byte limit"):
+        copy_capped(growing(), tmp_path / "out", 10_000)
+    assert (tmp_path / "out").stat().st_size <= 10_000
+    assert copy_capped(iter([b"ab", b"cd"]), tmp_path / "ok", 4) == 4
+
+
+def test_file_source_over_the_cap_is_refused_before_copying(settings, tmp_path):
+    from workers.fetch import fetch_source
+
+    s = settings.model_copy(update={"allow_file_sources": True, "max_upload_bytes": 10_000})
+    big = tmp_path / "in" / "big.wav"
+    big.parent.mkdir()
+    big.write_bytes(b"\0" * 10_001)
+    dest = tmp_path / "dest"
+    with pytest.raises(BadSource, match="10000 byte limit"):
+        fetch_source(uuid.uuid4(), f"file://{big}", "big.wav", None, s, dest)
+    assert not dest.exists()  # not one byte copied
+    small = big.with_name("small.wav")
+    small.write_bytes(AUDIO[:9000])
+    assert fetch_source(uuid.uuid4(), f"file://{small}", "small.wav", None, s, dest).read_bytes() == AUDIO[:9000]
+    for special in ("/dev/zero", "/dev/urandom"):
+        with pytest.raises(BadSource, match="not a regular file"):
+            fetch_source(uuid.uuid4(), f"file://{special}", "zero", None, s, dest)
+
+
+@pytest.fixture
+def s3_settings(settings, s3, monkeypatch) -> Settings:
+    import boto3
+
+    endpoint, _ = s3
+    for k, v in {"AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test", "AWS_DEFAULT_REGION": "us-east-1"}.items():
+        monkeypatch.setenv(k, v)
+    client = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1")
+    for key, data in {"sec/inbox/a.wav": AUDIO, "sec/inbox/big.wav": b"\0" * 20_001, "sec/private/a.wav": AUDIO,
+                      "sec/svc/jobs/1/source/a.wav": AUDIO, "sec/acme/a.wav": AUDIO}.items():
+        client.put_object(Bucket="asrq-test", Key=key, Body=data)
+    return settings.model_copy(update={"s3_endpoint_url": endpoint, "storage_url": "s3://asrq-test/sec/svc",
+                                       "s3_source_allow": "asrq-test/sec/inbox/,asrq-test/sec/svc,acme=asrq-test/sec/acme",
+                                       "max_upload_bytes": 20_000})
+
+
+def test_s3_source_is_checked_again_and_capped_in_the_worker(s3_settings, tmp_path):
+    from workers.fetch import fetch_source
+
+    got = fetch_source(uuid.uuid4(), "s3://asrq-test/sec/inbox/a.wav", "a.wav", None, s3_settings, tmp_path / "a",
+                       tenant="globex")
+    assert got.read_bytes() == AUDIO
+    # a row queued before the allow-list changed, or never checked: the worker refuses it itself
+    for uri, reason in [("s3://asrq-test/sec/private/a.wav", "does not allow"),
+                        ("s3://asrq-test/sec/acme/a.wav", "does not allow"),  # acme's, not globex's
+                        ("s3://asrq-test/sec/svc/jobs/1/source/a.wav", "own storage"),
+                        ("s3://asrq-test/sec/inbox/../private/a.wav", "'..'")]:
+        dest = tmp_path / "refused"
+        with pytest.raises(BadSource, match=reason):
+            fetch_source(uuid.uuid4(), uri, "a.wav", None, s3_settings, dest, tenant="globex")
+        assert not dest.exists()
+    dest = tmp_path / "big"
+    with pytest.raises(BadSource, match="20000 byte limit"):
+        fetch_source(uuid.uuid4(), "s3://asrq-test/sec/inbox/big.wav", "big.wav", None, s3_settings, dest,
+                     tenant="globex")
+    assert not dest.exists()  # refused on its size (HEAD) before any of it was read
+    with pytest.raises(BadSource, match="not found"):
+        fetch_source(uuid.uuid4(), "s3://asrq-test/sec/inbox/nope.wav", "x", None, s3_settings, tmp_path / "n",
+                     tenant="globex")
+
+
+# ---- the embedded stack: SQLite jobs, filesystem broker ---------------------------------------------------------
+
+
+@pytest.fixture
+def embedded(tmp_path, monkeypatch):
+    """This process's settings, sessions and Celery app on SQLite and a broker folder in tmp_path."""
+    import workers
+    from app import storage
+    from app.db import session
+    from app.db.migrate import upgrade
+    from app.settings import get_settings
+
+    for k in [k for k in os.environ if k.startswith("ASRQ_")]:
+        monkeypatch.delenv(k)
+    for k, v in {"ASRQ_HOME": str(tmp_path / "home"), "ASRQ_DATABASE_URL": f"sqlite:///{tmp_path / 'asrq.db'}",
+                 "ASRQ_STORAGE_URL": f"file://{tmp_path / 'objects'}",
+                 "ASRQ_BROKER_URL": f"filesystem://{tmp_path / 'broker'}", "ASRQ_ALLOW_PRIVATE_SOURCES": "true",
+                 "ASRQ_WEBHOOK_TIMEOUT_S": "1", "ASRQ_WEBHOOK_MAX_TRIES": "3"}.items():
+        monkeypatch.setenv(k, v)
+
+    def reset() -> None:
+        get_settings.cache_clear()
+        session.reset_engines()
+        storage._store.cache_clear()
+
+    reset()
+    upgrade(get_settings().database_url)
+    prev_mod = sys.modules.pop("workers.celery_app", None)
+    prev_attr = workers.__dict__.pop("celery_app", None)
+    try:
+        yield tmp_path
+    finally:
+        fresh = sys.modules.pop("workers.celery_app", None)
+        workers.__dict__.pop("celery_app", None)
+        if fresh is not None:
+            fresh.app.close()
+        if prev_mod is not None:
+            sys.modules["workers.celery_app"] = prev_mod
+        if prev_attr is not None:
+            workers.celery_app = prev_attr
+        monkeypatch.undo()
+        reset()
+
+
+def _add_job(tenant: str, source_uri: str, webhook_url: str | None = None) -> uuid.UUID:
+    from app.db.session import session_scope
+    from app.jobs import NewJob, create_job
+    from app.schemas import JobOptions
+    from app.settings import get_settings
+
+    with session_scope() as s:
+        job, _ = create_job(s, tenant, NewJob(source_uri, "a.wav", JobOptions(), webhook_url), get_settings())
+        return job.id
+
+
+def test_worker_checks_s3_sources_against_the_jobs_own_tenant(embedded, s3_settings, tmp_path):
+    from workers.fetch import fetch_source
+
+    s = s3_settings.model_copy(update={"s3_source_allow": "acme=asrq-test/sec/acme/"})
+    uri = "s3://asrq-test/sec/acme/a.wav"
+    ok, other = _add_job("acme", uri), _add_job("globex", uri)
+    assert fetch_source(ok, uri, "a.wav", None, s, tmp_path / "ok").read_bytes() == AUDIO
+    with pytest.raises(BadSource, match="does not allow"):
+        fetch_source(other, uri, "a.wav", None, s, tmp_path / "other")
+
+
+def test_finalize_only_enqueues_the_webhook(embedded, servers):
+    from sqlalchemy import update
+
+    from app.db.models import Job, JobState
+    from app.db.session import session_scope
+    from workers.tasks.finalize import finalize_job
+
+    hook = servers()
+    jid = _add_job("acme", "s3://b/a.wav", f"http://127.0.0.1:{hook.port}/done?t=1")
+    with session_scope() as s:
+        s.execute(update(Job).where(Job.id == jid).values(state=JobState.FINALIZING, duration_s=0.0))
+    finalize_job(jid)
+    with session_scope() as s:
+        assert s.get(Job, jid).state == JobState.COMPLETED
+    assert hook.requests == []  # finalize made no HTTP call itself
+    messages = [json.loads(p.read_text()) for p in (embedded / "broker" / "queue").glob("*") if p.is_file()]
+    hooks = [m for m in messages if m["headers"]["task"] == "asrq.webhook"]
+    assert len(hooks) == 1
+    assert hooks[0]["properties"]["delivery_info"]["routing_key"] == "maintenance"
+    args, _, _ = json.loads(base64.b64decode(hooks[0]["body"]))
+    assert args == [f"http://127.0.0.1:{hook.port}/done?t=1", {"job_id": str(jid), "state": "COMPLETED"}]
+
+
+# ---- the webhook task ------------------------------------------------------------------------------------------
+
+
+def _deliver(url: str, job_id: str = "j-1"):  # noqa: ANN202
+    from workers.tasks.webhook import webhook
+
+    return webhook.apply(args=[url, {"job_id": job_id, "state": "COMPLETED"}]).get()
+
+
+def test_webhook_is_retried_a_bounded_number_of_times(embedded, servers):
+    flaky = servers(replies=[{"status": 503}, {"status": 502}, {"status": 204, "body": b""}])
+    assert _deliver(f"http://127.0.0.1:{flaky.port}/hook") is True
+    assert len(flaky.requests) == 3
+    assert all(json.loads(r["body"]) == {"job_id": "j-1", "state": "COMPLETED"} for r in flaky.requests)
+
+    down = servers(replies=[{"status": 500}])
+    assert _deliver(f"http://127.0.0.1:{down.port}/hook") is False  # gives up after 3 tries, raises nothing
+    assert len(down.requests) == 3
+
+    gone = servers(replies=[{"status": 404}])
+    assert _deliver(f"http://127.0.0.1:{gone.port}/hook") is False  # a 4xx is final: no retry
+    assert len(gone.requests) == 1
+
+    redirect = servers(replies=[{"status": 307}])
+    assert _deliver(f"http://127.0.0.1:{redirect.port}/hook") is False
+    assert len(redirect.requests) == 1
+
+
+def test_slow_webhook_holds_a_worker_only_for_its_timeout(embedded, servers, monkeypatch):
+    monkeypatch.setenv("ASRQ_WEBHOOK_MAX_TRIES", "1")
+    from app.settings import get_settings
+
+    get_settings.cache_clear()
+    slow = servers(replies=[{"delay_s": 5, "status": 204}])
+    t0 = time.monotonic()
+    assert _deliver(f"http://127.0.0.1:{slow.port}/hook") is False
+    assert time.monotonic() - t0 < 3
+
+
+def test_webhook_goes_to_the_checked_address(embedded, servers, monkeypatch):
+    first = servers("127.0.0.1", replies=[{"status": 204, "body": b""}])
+    second = servers("127.0.0.2", first.port)
+    lookups = rebinding_dns(monkeypatch, ["127.0.0.1", "127.0.0.2"])
+    assert _deliver(f"http://{NAME}:{first.port}/hook") is True
+    assert lookups == [NAME]
+    assert [(r["method"], r["host"]) for r in first.requests] == [("POST", f"{NAME}:{first.port}")]
+    assert second.requests == []
+
+    monkeypatch.setenv("ASRQ_ALLOW_PRIVATE_SOURCES", "false")
+    monkeypatch.setenv("ASRQ_WEBHOOK_MAX_TRIES", "1")
+    from app.settings import get_settings
+
+    get_settings.cache_clear()
+    lookups = rebinding_dns(monkeypatch, [PUBLIC, "127.0.0.1"])
+    off_loopback = loopback_only(monkeypatch)
+    _deliver(f"https://{NAME}:{first.port}/hook")
+    assert off_loopback == [(PUBLIC, first.port)]
+    assert len(first.requests) == 1 and second.requests == []  # not rebound to loopback
+    assert lookups == [NAME]
+
+
+@pytest.mark.parametrize("url", ["s3://bucket/hook", "file:///etc/passwd", "ftp://127.0.0.1/x"])
+def test_webhook_task_refuses_urls_that_are_not_http(embedded, url):
+    assert _deliver(url) is False
+
+
+def test_webhook_task_refuses_private_targets_at_delivery(embedded, servers, monkeypatch):
+    # a row stored while private targets were allowed, delivered after the setting was turned off
+    monkeypatch.setenv("ASRQ_ALLOW_PRIVATE_SOURCES", "false")
+    from app.settings import get_settings
+
+    get_settings.cache_clear()
+    hook = servers()
+    assert _deliver(f"https://127.0.0.1:{hook.port}/hook") is False
+    assert _deliver(f"http://127.0.0.1:{hook.port}/hook") is False
+    assert hook.requests == []
+
+
+def test_webhook_backoff_is_capped_exponential_with_jitter(settings):
+    import random
+
+    from workers.webhooks import retry_delay_s
+
+    s = settings.model_copy(update={"webhook_backoff_max_s": 60.0})
+    rng = random.Random(7)
+    for retries, full in [(0, 5), (1, 10), (2, 20), (3, 40), (4, 60), (10, 60), (50, 60)]:
+        delays = [retry_delay_s(retries, s, rng) for _ in range(200)]
+        assert all(full / 2 <= d <= full for d in delays)
+        assert max(delays) - min(delays) > full / 4  # jittered, not one value for every receiver
