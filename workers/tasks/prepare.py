@@ -49,10 +49,11 @@ def prepare_job(job_id: uuid.UUID) -> None:
         job = begin_prepare(s, job_id, settings.max_attempts, settings.reconcile_stale_s)
         if job is None:
             return
-        attempt, source_uri, filename, options = job.prepare_attempts, job.source_uri, job.filename, dict(job.options)
+        attempt, tenant = job.prepare_attempts, job.tenant
+        source_uri, filename, options = job.source_uri, job.filename, dict(job.options)
     with JobLease(job_id, JobState.PREPARING, attempt, settings.reconcile_stale_s,
                   settings.prepare_time_limit_s) as lease:
-        plans, duration_s = _decode_and_plan(job_id, source_uri, filename, options, store, settings)
+        plans, duration_s = _decode_and_plan(job_id, tenant, source_uri, filename, options, store, settings)
         if lease.lost:
             log.info("job=%s prepare attempt %d lost its lease; dropping its plan", job_id, attempt)
             return
@@ -64,11 +65,11 @@ def prepare_job(job_id: uuid.UUID) -> None:
         try_send(send_finalize, [job_id])  # no speech: an empty transcript, still COMPLETED
 
 
-def _decode_and_plan(job_id: uuid.UUID, source_uri: str, filename: str, options: dict, store: ObjectStore,
-                     settings: Settings) -> tuple[list[ChunkPlan], float]:
+def _decode_and_plan(job_id: uuid.UUID, tenant: str, source_uri: str, filename: str, options: dict,
+                     store: ObjectStore, settings: Settings) -> tuple[list[ChunkPlan], float]:
     t0 = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="asrq-prepare-") as tmp:
-        src = fetch_source(job_id, source_uri, filename, store, settings, Path(tmp) / "source")
+        src = fetch_source(job_id, source_uri, filename, store, settings, Path(tmp) / "source", tenant)
         pcm = Path(tmp) / "audio.s16le"
         with open(pcm, "wb") as out:
             info = decode_to_pcm(src, out, MAX_DURATION_S)
