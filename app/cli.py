@@ -62,19 +62,35 @@ def _fmt_clock(t: float) -> str:
 def transcribe(files: tuple[Path, ...], fmt: str, out_dir: Path, engine: str | None, model: str | None,
                language: str | None, timeout_s: float) -> None:
     """Transcribe FILES here and now (embedded: SQLite, local broker and folder, no servers)."""
+    from pydantic import ValidationError
+
     from app.db.migrate import upgrade
     from app.db.models import Job, JobState
     from app.db.session import session_scope
-    from app.jobs import NewJob, create_job
+    from app.errors import PermanentError
+    from app.jobs import NewJob, create_job, resolved_options
     from app.schemas import JobOptions
     from app.sources import UPLOAD_SCHEME, safe_filename
     from app.storage import get_store
     from workers.dispatch import send_prepare
 
     settings = get_settings()
+    if model is not None and not model.startswith("bundled:") and (
+            "/" in model or model.startswith("~") or settings.models_dir is None):
+        # a model folder on this machine: jobs name it by absolute path, as a deployment's ASRQ_MODEL does
+        # (the API takes only bundled names and folders under ASRQ_MODELS_DIR from clients)
+        folder = str(Path(model).expanduser().resolve())
+        settings = settings.model_copy(update={"engine": engine or settings.engine, "model": folder})
+        engine = model = None
+    try:
+        options = JobOptions(engine=engine, model=model, language=language)
+        resolved_options(options, settings)  # a model that is not installed: refused before anything runs
+    except ValidationError as e:
+        raise click.ClickException("; ".join(err["msg"] for err in e.errors())) from e
+    except PermanentError as e:
+        raise click.ClickException(str(e)) from e
     upgrade(settings.database_url)
     store = get_store()
-    options = JobOptions(engine=engine, model=model, language=language)
     jobs: dict[uuid.UUID, Path] = {}
     with session_scope() as s:
         for path in files:

@@ -21,3 +21,13 @@ class BadAudio(PermanentError):
 
 class BadSource(PermanentError):
     """The source URI is malformed, forbidden or unreachable for good."""
+
+
+class ModelUnavailable(PermanentError):
+    """The model a job names cannot be loaded on this worker (not installed, unknown or corrupt)."""
+
+
+class ModelNotInstalled(BadSource):
+    """At submission: the job names a model this deployment does not have. A BadSource, so the API answers
+    422 like any other request naming something that cannot be processed; the message lists what is
+    installed (workers.engines.registry.missing_model_reason)."""

