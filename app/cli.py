@@ -229,8 +229,10 @@ def keys() -> None:
 def keys_add(tenant: str) -> None:
     """Create a key for TENANT; prints the secret (shown only this once) on stdout, its id on stderr."""
     from app.api.auth import add_key
+    from app.db.migrate import upgrade
     from app.db.session import session_scope
 
+    upgrade(get_settings().database_url)  # a fresh home has no tables yet; at head this is a no-op
     with session_scope() as s:
         key, secret = add_key(s, tenant)
         key_id = key.id

@@ -10,7 +10,7 @@ import unicodedata
 from pathlib import Path, PurePosixPath
 from urllib.parse import unquote, urlparse
 
-from app.errors import BadSource
+from app.errors import BadSource, TransientError
 from app.settings import S3_BUCKET_NAME, Settings
 
 UPLOAD_SCHEME = "upload"
@@ -132,7 +132,11 @@ def resolve_checked(host: str, port: int, settings: Settings) -> list[str]:
     only to these: a second lookup could answer differently (DNS rebinding)."""
     try:
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-    except (socket.gaierror, UnicodeError) as e:  # UnicodeError: a name IDNA cannot encode (empty/long label)
+    except socket.gaierror as e:
+        if e.errno == socket.EAI_AGAIN:  # the resolver is down or timed out: a retry can help
+            raise TransientError(f"cannot resolve host {host!r} now (temporary DNS failure)") from e
+        raise BadSource(f"cannot resolve host {host!r}") from e
+    except UnicodeError as e:  # a name IDNA cannot encode (empty/long label)
         raise BadSource(f"cannot resolve host {host!r}") from e
     addresses = list(dict.fromkeys(info[4][0].split("%")[0] for info in infos))
     if not settings.allow_private_sources:

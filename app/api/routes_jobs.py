@@ -148,7 +148,10 @@ async def _batch_body(request: Request, _tenant: str = Depends(current_tenant)) 
         raise _validation_422(e) from e
 
 
-@router.post("/jobs/batch", status_code=202, response_model=BatchOut, summary="Submit many recordings by URI")
+@router.post("/jobs/batch", status_code=202, response_model=BatchOut, summary="Submit many recordings by URI",
+             # the body is read by _batch_body after authentication, so FastAPI cannot infer its schema
+             openapi_extra={"requestBody": {"required": True, "content": {"application/json": {
+                 "schema": {"$ref": "#/components/schemas/BatchCreate"}}}}})
 def submit_batch(request: Request, background: BackgroundTasks, tenant: str = Depends(current_tenant),
                  body: BatchCreate = Depends(_batch_body)) -> BatchOut:
     settings = request.app.state.settings
