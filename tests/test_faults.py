@@ -7,6 +7,7 @@ the S3 server, so the tests can restart, flush and cut them without touching sha
 
 from __future__ import annotations
 
+import contextlib
 import json
 import secrets
 import signal
@@ -302,8 +303,8 @@ def test_out_of_memory_splits_the_batch(fstack, baseline):
 
 
 class _StallingSource:
-    """A loopback HTTP server whose first GET sends half of the recording and then stalls (a slow source
-    server), so a prepare is caught mid-way; later GETs get the whole file."""
+    """A loopback HTTP server whose first GET sends half of the recording and then stalls until released
+    (a slow source server), so a prepare is caught mid-way; later GETs get the whole file at once."""
 
     def __init__(self, data: bytes) -> None:
         from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -326,6 +327,8 @@ class _StallingSource:
                 self.wfile.flush()
                 outer.half_sent.set()
                 outer.release.wait(120)
+                with contextlib.suppress(OSError):  # the reader may be gone (a killed worker)
+                    self.wfile.write(outer.data[len(outer.data) // 2:])
 
             def log_message(self, *_a: object) -> None:
                 pass
@@ -375,3 +378,28 @@ def test_kill9_cpu_worker_mid_prepare(fstack, baseline):
 def c_state(st: Stack, jid: str) -> str:
     with st.client() as c:
         return c.http.get(f"/v1/jobs/{jid}").json()["state"]
+
+
+def test_cancel_while_preparing_leaves_nothing_behind(fstack):
+    """A job cancelled mid-prepare: the prepare finishes its download, finds the job gone, and removes
+    the audio it uploaded (the cancel had deleted the job's objects before that audio existed)."""
+    from app.constants import job_prefix
+    from app.storage import get_store
+
+    name = FILES[1]
+    source = _StallingSource((AUDIO / name).read_bytes())
+    try:
+        with fstack.client() as c:
+            r = c.http.post("/v1/jobs", json={"source_uri": f"{source.url}/{name}"})
+            assert r.status_code == 202, r.text
+            jid = r.json()["id"]
+            assert source.half_sent.wait(120), fstack.logs()
+            assert c.http.delete(f"/v1/jobs/{jid}").json()["state"] == "CANCELLED"
+        source.release.set()
+        store = get_store()
+        wait_until(lambda: "dropping its plan" in fstack.procs["cpu-worker"].tail(400), 120,
+                   what="the prepare to drop its plan")
+        assert store.delete_prefix(job_prefix(jid)) == 0  # nothing was left to delete
+        assert c_state(fstack, jid) == "CANCELLED"
+    finally:
+        source.close()

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from app.constants import PCM_BYTES_PER_SAMPLE, PCM_SAMPLE_RATE, TASK_PREPARE, pcm_key
-from app.db.models import JobState
+from app.db.models import Job, JobState
 from app.db.session import session_scope
 from app.settings import Settings, get_settings
 from app.storage import ObjectStore, get_store
@@ -54,15 +54,29 @@ def prepare_job(job_id: uuid.UUID) -> None:
     with JobLease(job_id, JobState.PREPARING, attempt, settings.reconcile_stale_s,
                   settings.prepare_time_limit_s) as lease:
         plans, duration_s = _decode_and_plan(job_id, tenant, source_uri, filename, options, store, settings)
-        if lease.lost:
-            log.info("job=%s prepare attempt %d lost its lease; dropping its plan", job_id, attempt)
-            return
-        with session_scope() as s:
-            chunk_ids = save_plan(s, job_id, attempt, plans, duration_s)
+        chunk_ids: list[uuid.UUID] = []
+        if not lease.lost:
+            with session_scope() as s:
+                chunk_ids = save_plan(s, job_id, attempt, plans, duration_s)
+    if lease.lost or (plans and not chunk_ids):
+        log.info("job=%s prepare attempt %d lost the job; dropping its plan", job_id, attempt)
+        _drop_audio_of_finished(job_id, store)
+        return
     if chunk_ids:
         try_send(send_transcribe, chunk_ids)
     elif not plans:
         try_send(send_finalize, [job_id])  # no speech: an empty transcript, still COMPLETED
+
+
+def _drop_audio_of_finished(job_id: uuid.UUID, store: ObjectStore) -> None:
+    """A job cancelled or failed while this prepare ran has no use for the PCM it just uploaded (the
+    cancel deleted the job's objects before it existed). A job taken over by a live prepare keeps it:
+    that prepare writes the same object."""
+    with session_scope() as s:
+        job = s.get(Job, job_id)
+        finished = job is None or job.state.terminal
+    if finished:
+        store.delete_prefix(pcm_key(job_id))
 
 
 def _decode_and_plan(job_id: uuid.UUID, tenant: str, source_uri: str, filename: str, options: dict,
