@@ -44,6 +44,17 @@ def start_local_worker(log_file: Path) -> subprocess.Popen:
                                 env={**os.environ, "ASRQ_WARM_ENGINE": "0"})
 
 
+def _installed_engine(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    """--engine of the embedded command: an engine plug-in installed here (workers/engines/registry.py)."""
+    if value is None:
+        return None
+    from workers.engines.registry import unknown_engine_reason
+
+    if (reason := unknown_engine_reason(value)) is not None:
+        raise click.BadParameter(reason)
+    return value
+
+
 def _fmt_clock(t: float) -> str:
     h, rem = divmod(t, 3600)
     m, s = divmod(rem, 60)
@@ -55,7 +66,8 @@ def _fmt_clock(t: float) -> str:
 @click.option("--format", "fmt", type=click.Choice(TRANSCRIPT_FORMATS), default="srt", show_default=True)
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=Path("."),
               show_default=True, help="folder for <input stem>.<format>")
-@click.option("--engine", type=click.Choice(["whisper", "funasr"]), default=None)
+@click.option("--engine", default=None, callback=_installed_engine,
+              help="an installed engine (built in: whisper, funasr; more from packages that add one)")
 @click.option("--model", default=None, help="model folder or bundled:tiny.en")
 @click.option("--language", default=None)
 @click.option("--timeout", "timeout_s", type=float, default=3600.0, show_default=True)

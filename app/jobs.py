@@ -45,10 +45,12 @@ class NewJob:
 
 def resolved_options(opts: JobOptions, settings: Settings) -> dict:
     """Options with the deployment's defaults filled in, stored on the job so a job never changes engine."""
-    from workers.engines.registry import installed_models, missing_model_reason
+    from workers.engines.registry import engines, installed_models, missing_model_reason, unknown_engine_reason
 
     engine = opts.engine or settings.engine
-    model = opts.model or (settings.model if engine == settings.engine else None)
+    if (unknown := unknown_engine_reason(engine)) is not None:
+        raise ModelNotInstalled(unknown)
+    model = opts.model or (settings.model if engine == settings.engine else engines()[engine].default_model)
     if model is None:
         have = ", ".join(installed_models(engine, settings)) or "none"
         raise ModelNotInstalled(f"engine {engine!r} needs a model name on this deployment; installed: {have}")

@@ -17,7 +17,8 @@ class JobOptions(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    engine: Literal["whisper", "funasr"] | None = None  # None: the deployment's default
+    # an installed engine plug-in (workers/engines/registry.py); None: the deployment's default
+    engine: str | None = Field(None, max_length=32, pattern=r"^[a-z][a-z0-9_-]*$")
     model: str | None = Field(None, max_length=255)
     language: str | None = Field(None, max_length=16, pattern=r"^[A-Za-z]{2,3}([-_][A-Za-z0-9]{2,8})?$")
     hotwords: list[str] = Field(default_factory=list, max_length=100)
@@ -33,6 +34,15 @@ class JobOptions(BaseModel):
                 raise ValueError("hotwords must be 1-64 printable characters each")
             out.append(w)
         return out
+
+    @field_validator("engine")
+    @classmethod
+    def _installed_engine(cls, v: str | None) -> str | None:
+        from workers.engines.registry import unknown_engine_reason
+
+        if v is not None and (reason := unknown_engine_reason(v)) is not None:
+            raise ValueError(reason)
+        return v
 
     @field_validator("model")
     @classmethod

@@ -9,7 +9,7 @@ from __future__ import annotations
 import functools
 import re
 from pathlib import Path
-from typing import Literal, NamedTuple
+from typing import NamedTuple
 
 from pydantic import AnyHttpUrl, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -54,8 +54,8 @@ class Settings(BaseSettings):
     s3_endpoint_url: AnyHttpUrl | None = None
     s3_region: str = "us-east-1"
 
-    # engine used when a job does not name one
-    engine: Literal["whisper", "funasr"] = "whisper"
+    # engine used when a job does not name one: an installed engine plug-in (workers/engines/registry.py)
+    engine: str = "whisper"
     model: str = BUNDLED_WHISPER
     models_dir: Path | None = None  # where FunASR model folders live, for jobs naming a model by folder name
     device: str = "cpu"  # "cpu", "cuda" (the worker's pinned card is always cuda:0 of its own view)
@@ -73,7 +73,13 @@ class Settings(BaseSettings):
     vad_max_end_silence_ms: int = 300
 
     # batching
-    batch_audio_s: float = Field(240.0, gt=0)  # audio-seconds per inference batch
+    # audio-seconds per inference batch on CPU; on CUDA the budget is sized from the card's free memory
+    # and the model's memory cost, measured after load (workers/engines/base.py), and this is the
+    # fallback when it cannot be measured
+    batch_audio_s: float = Field(240.0, gt=0)
+    # share of the card's free memory (after the model is loaded) one batch may use; the rest is margin
+    # for what the measurement misses, and an out-of-memory batch is still halved
+    gpu_memory_fraction: float = Field(0.8, gt=0, le=1)
     batch_max_requests: int = Field(64, ge=1)  # chunk messages gathered per flush
     batch_flush_interval_s: float = Field(0.25, gt=0)
 
@@ -133,6 +139,16 @@ class Settings(BaseSettings):
         if not self.storage_url:
             self.storage_url = f"file://{home / 'objects'}"
         return self
+
+    @field_validator("engine")
+    @classmethod
+    def _check_engine(cls, v: str) -> str:
+        # the engines are the installed plug-ins (entry-point group asrq.engines), read once per process
+        from workers.engines.registry import unknown_engine_reason
+
+        if (reason := unknown_engine_reason(v)) is not None:
+            raise ValueError(f"ASRQ_ENGINE: {reason}")
+        return v
 
     @field_validator("database_url")
     @classmethod

@@ -27,7 +27,7 @@ REDIS_DB = 13  # this harness's own Redis db number (tests and other tools use 1
 # tests/services.base_env shortens these so fault tests run fast; a benchmark runs the shipped defaults
 # (a 6 s reconcile staleness would re-send every chunk still waiting in the queue and skew the figures)
 TEST_ONLY_ENV = ("ASRQ_RECONCILE_INTERVAL_S", "ASRQ_RECONCILE_STALE_S", "ASRQ_CHUNK_LEASE_S",
-                 "ASRQ_BATCH_FLUSH_INTERVAL_S")
+                 "ASRQ_BATCH_FLUSH_INTERVAL_S", "ASRQ_VISIBILITY_TIMEOUT_S")
 ASRQ_TREES = ("api", "cpu-worker", "gpu-worker")
 
 
@@ -76,6 +76,7 @@ def running_stack(work: Path, extra_env: dict | None = None, log=print, gpus: st
         env = base_env(db_url, broker, f"s3://{BUCKET}/asrq", endpoint, work, key)
         for k in TEST_ONLY_ENV:
             env.pop(k, None)
+        env["ASRQ_S3_SOURCE_ALLOW"] = f"{BUCKET}/corpus/"  # the bench submits its corpus from there by URI
         env.update(extra_env or {})
         apply_env(env)
         st = Stack(env=env, tmp=work, api_url=f"http://127.0.0.1:{free_port()}", api_key=key)

