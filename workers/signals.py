@@ -31,4 +31,7 @@ def _warm(**_kw: object) -> None:
         from workers.engines.registry import get_engine
 
         s = get_settings()
-        get_engine(s.engine, s.model)
+        engine = get_engine(s.engine, s.model)
+        # on CUDA, the probe batches that size its batches for the card run now, before any task
+        if hasattr(engine, "batch_budget_s"):
+            engine.batch_budget_s(s.batch_audio_s, s.gpu_memory_fraction, s.batch_max_requests)

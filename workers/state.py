@@ -11,7 +11,7 @@ import uuid
 from dataclasses import dataclass, replace
 from datetime import timedelta
 
-from sqlalchemy import case, delete, func, insert, select, update
+from sqlalchemy import JSON, String, Text, Uuid, bindparam, case, column, delete, func, insert, select, update, values
 from sqlalchemy.orm import Session
 
 from app.db.models import TERMINAL_JOB_STATES, Batch, Chunk, ChunkState, Job, JobState, utcnow
@@ -144,13 +144,15 @@ def open_chunks(session: Session, chunk_ids: list[uuid.UUID]) -> list[ChunkWork]
     return [replace(ChunkWork(*r), claim_id=None) for r in rows]
 
 
-def claim_chunks(session: Session, chunk_ids: list[uuid.UUID], lease_s: float,
-                 max_attempts: int) -> tuple[list[ChunkWork], list[ChunkWork]]:
+def claim_chunks(session: Session, chunk_ids: list[uuid.UUID], lease_s: float, max_attempts: int,
+                 options: dict[uuid.UUID, dict] | None = None) -> tuple[list[ChunkWork], list[ChunkWork]]:
     """Take a lease on chunks nobody holds. Returns (claimed, exhausted): exhausted ones ran out of attempts.
 
     The conditional UPDATE is the lock: of two workers handed the same chunk, one wins, the other
     gets nothing back. Each claim counts an attempt, so a chunk that kills its worker runs out, and
     writes a fresh claim id: a worker whose lease ran out can no longer store, release or fail it.
+    ``options`` (job id -> the job's options, as open_chunks read them) saves reading them again: the
+    claim is then one statement, whatever the batch size.
     """
     now = utcnow()
     claim_id = uuid.uuid4()
@@ -165,14 +167,18 @@ def claim_chunks(session: Session, chunk_ids: list[uuid.UUID], lease_s: float,
         )
         .values(state=ChunkState.RUNNING, attempts=Chunk.attempts + 1, claim_id=claim_id,
                 lease_until=now + timedelta(seconds=lease_s), updated_at=now)
-        .returning(Chunk.id)
+        .returning(Chunk.id, Chunk.job_id, Chunk.index, Chunk.start_ms, Chunk.end_ms, Chunk.attempts)
         .execution_options(synchronize_session=False)
     )
-    claimed_ids = [r[0] for r in res]
+    claimed = [tuple(r) for r in res]
     session.commit()
-    if not claimed_ids:
+    if not claimed:
         return [], []
-    work = [ChunkWork(*r) for r in session.execute(_work_query(claimed_ids)).all()]
+    known = dict(options or {})
+    missing = {r[1] for r in claimed} - known.keys()
+    if missing:
+        known.update(session.execute(select(Job.id, Job.options).where(Job.id.in_(missing))).all())
+    work = [ChunkWork(*r, options=known[r[1]], claim_id=claim_id) for r in claimed if r[1] in known]
     return [w for w in work if w.attempts <= max_attempts], [w for w in work if w.attempts > max_attempts]
 
 
@@ -218,38 +224,91 @@ def save_results(session: Session, batch_id: uuid.UUID | None,
     """Store chunk results and return the jobs this call moved to FINALIZING, in one transaction.
 
     A chunk no longer held by this claim (finished by a twin, failed, cancelled, or re-claimed after
-    this worker's lease ran out) keeps what it has: the result is dropped."""
-    lock_jobs(session, {r[0].job_id for r in results})
-    now = utcnow()
-    for work, text, words, language in results:
-        session.execute(
-            update(Chunk)
-            .where(*_held([work]))
-            .values(state=ChunkState.DONE, text=text, words=words, language=language, batch_id=batch_id,
-                    error=None, lease_until=None, updated_at=now)
-        )
-    finished = [jid for jid in sorted({r[0].job_id for r in results}) if _advance(session, jid)]
+    this worker's lease ran out) keeps what it has: the result is dropped. Whatever the batch size, a
+    handful of statements: lock the jobs, store every result, refresh the jobs' progress."""
+    job_ids = {r[0].job_id for r in results}
+    lock_jobs(session, job_ids)
+    _store_results(session, batch_id, results)
+    finished = _advance_jobs(session, job_ids)
     session.commit()
     return finished
 
 
-def _advance(session: Session, job_id: uuid.UUID) -> bool:
-    """Refresh the job's progress; True when this transaction moved it TRANSCRIBING -> FINALIZING.
+def _store_results(session: Session, batch_id: uuid.UUID | None,
+                   results: list[tuple[ChunkWork, str, list, str | None]]) -> None:
+    """One UPDATE for every chunk of a batch, each row fenced by its own claim id: it changes only while
+    the chunk is RUNNING under the claim its work item came from (as ``_held`` does for one chunk)."""
+    first: dict[uuid.UUID, tuple[ChunkWork, str, list, str | None]] = {}
+    for r in results:  # a chunk listed twice: the first result wins, as it would one UPDATE after another
+        first.setdefault(r[0].chunk_id, r)
+    # in id order, the order the claim's index scan locks them in
+    rows = [first[cid] for cid in sorted(first)]
+    if not rows:
+        return
+    fixed = {"state": ChunkState.DONE, "batch_id": batch_id, "error": None, "lease_until": None,
+             "updated_at": utcnow()}
+    if session.get_bind().dialect.name == "postgresql":
+        v = values(column("id", Uuid), column("claim_id", Uuid), column("text", Text), column("words", JSON),
+                   column("language", String), name="results").data(
+            [(w.chunk_id, w.claim_id, text, words, language) for w, text, words, language in rows])
+        session.execute(
+            update(Chunk)
+            .where(Chunk.id == v.c.id, Chunk.state == ChunkState.RUNNING, Chunk.claim_id == v.c.claim_id)
+            .values(text=v.c.text, words=v.c.words, language=v.c.language, **fixed)
+            .execution_options(synchronize_session=False)
+        )
+        return
+    # SQLite (the embedded default, in-process: no round trips to save) has no named VALUES list:
+    # one prepared UPDATE run over every row
+    table = Chunk.__table__
+    session.connection().execute(
+        update(table)
+        .where(table.c.id == bindparam("r_id"), table.c.state == ChunkState.RUNNING,
+               table.c.claim_id == bindparam("r_claim"))
+        .values(text=bindparam("r_text", type_=Text), words=bindparam("r_words", type_=JSON),
+                language=bindparam("r_language", type_=String), **fixed),
+        [{"r_id": w.chunk_id, "r_claim": w.claim_id, "r_text": text, "r_words": words, "r_language": language}
+         for w, text, words, language in rows],
+    )
 
-    The row lock makes the count see every chunk committed before it: two batches finishing a job's
-    last two chunks at once cannot both miss the completion.
+
+def _advance(session: Session, job_id: uuid.UUID) -> bool:
+    """One job's progress (it locks the job row first); True when this transaction moved it to FINALIZING."""
+    lock_jobs(session, {job_id})
+    return bool(_advance_jobs(session, {job_id}))
+
+
+def _advance_jobs(session: Session, job_ids: set[uuid.UUID]) -> list[uuid.UUID]:
+    """Refresh the progress of these (locked) jobs; returns those this transaction moved TRANSCRIBING ->
+    FINALIZING, in id order.
+
+    The job row locks make the counts see every chunk committed before them: two batches finishing a
+    job's last two chunks at once cannot both miss the completion. Three statements for any number of
+    jobs: read the counts, store the changed ones, move the finished ones.
     """
-    job = session.scalar(select(Job).where(Job.id == job_id).with_for_update())
-    if job is None or job.state != JobState.TRANSCRIBING:
-        return False
-    done = session.scalar(select(func.count()).where(Chunk.job_id == job_id, Chunk.state == ChunkState.DONE)) or 0
-    job.chunks_done = done
-    if job.chunks_total is not None and done >= job.chunks_total:
-        job.state = JobState.FINALIZING
-        job.lease_until = None
-        log_state(job, JobState.FINALIZING, chunks=done)
-        return True
-    return False
+    if not job_ids:
+        return []
+    done = (select(func.count()).where(Chunk.job_id == Job.id, Chunk.state == ChunkState.DONE)
+            .correlate(Job).scalar_subquery())
+    rows = session.execute(
+        select(Job.id, Job.chunks_done, Job.chunks_total, Job.created_at, done.label("done"))
+        .where(Job.id.in_(job_ids), Job.state == JobState.TRANSCRIBING)
+        .order_by(Job.id)
+    ).all()
+    finished = [r for r in rows if r.chunks_total is not None and (r.done or 0) >= r.chunks_total]
+    moving = {r.id for r in finished}
+    changed = [r.id for r in rows if (r.done or 0) != r.chunks_done and r.id not in moving]
+    if changed:
+        session.execute(update(Job).where(Job.id.in_(changed)).values(chunks_done=done)
+                        .execution_options(synchronize_session=False))
+    if finished:
+        session.execute(update(Job).where(Job.id.in_(moving), Job.state == JobState.TRANSCRIBING)
+                        .values(chunks_done=done, state=JobState.FINALIZING, lease_until=None)
+                        .execution_options(synchronize_session=False))
+        for r in finished:
+            elapsed = (utcnow() - r.created_at).total_seconds() if r.created_at else 0.0
+            log.info("job=%s state=%s elapsed_s=%.3f chunks=%d", r.id, JobState.FINALIZING.value, elapsed, r.done)
+    return [r.id for r in finished]
 
 
 def release_chunks(session: Session, work: list[ChunkWork], error: str) -> None:

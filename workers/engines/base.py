@@ -89,43 +89,57 @@ class Engine(ABC):
         Only called on CUDA; engines that cannot measure raise, and keep the configured budget."""
         raise NotImplementedError(f"{type(self).__name__} cannot measure its memory use")
 
-    def batch_budget_s(self, configured_s: float, fraction: float, max_items: int) -> float:
-        """Audio-seconds (as ``padded_s`` counts them) one batch may hold. On CPU, the configured budget;
-        on CUDA, what ``fraction`` of the card's free memory pays for at this model's measured cost,
-        measured once, on the first call (the halving on out-of-memory remains the safety net)."""
-        if not str(getattr(self, "device", "cpu")).startswith("cuda"):
-            return configured_s
-        budget = self.__dict__.get("_budget_s")
-        if budget is None:
-            budget = self._sized_budget(configured_s, fraction, max_items)
-            self.__dict__["_budget_s"] = budget
-        return budget
+    def batch_plan(self, configured_s: float, fraction: float,
+                   max_items: int) -> tuple[float, Callable[[float], float]]:
+        """(audio-seconds one batch may hold, what one chunk of a given length costs of them).
 
-    def _sized_budget(self, configured_s: float, fraction: float, max_items: int) -> float:
+        On CPU, the configured budget, chunks counted by their length. On CUDA, what ``fraction`` of the
+        card's free memory pays for at this model's measured cost, chunks counted as ``padded_s`` says;
+        measured once, on the first call. A measurement that fails leaves the CPU rule. The halving on
+        out-of-memory remains the safety net either way."""
+        if not str(getattr(self, "device", "cpu")).startswith("cuda"):
+            return configured_s, _as_is
+        plan = self.__dict__.get("_batch_plan")
+        if plan is None:
+            plan = self._sized_plan(configured_s, fraction, max_items)
+            self.__dict__["_batch_plan"] = plan
+        return plan
+
+    def batch_budget_s(self, configured_s: float, fraction: float, max_items: int) -> float:
+        return self.batch_plan(configured_s, fraction, max_items)[0]
+
+    def _sized_plan(self, configured_s: float, fraction: float,
+                    max_items: int) -> tuple[float, Callable[[float], float]]:
         try:
             cost, free = self.measure_memory()
         except Exception as e:  # noqa: BLE001 - a probe that fails leaves the configured budget
             log.warning("engine %s: memory use not measured (%s: %s); batches keep %.0f s",
                         getattr(self, "spec", "?"), type(e).__name__, e, configured_s)
-            return configured_s
+            return configured_s, _as_is
         one = self.padded_s(self.max_chunk_s)
         budget = budget_from_memory(free, cost, fraction, floor_s=one, cap_s=max_items * one)
         log.info("engine %s: %.1f MiB per audio-second + %.0f MiB per batch, %.0f MiB free: batches of "
                  "%.0f audio-seconds (%.0f%% of free memory)", getattr(self, "spec", "?"), cost.per_s / 2**20,
                  cost.fixed / 2**20, free / 2**20, budget, fraction * 100)
-        return budget
+        return budget, self.padded_s
 
-    def probe_cost(self, peak_bytes: Callable[[Callable[[], object]], float]) -> MemoryCost:
+    def probe_cost(self, peak_bytes: Callable[[Callable[[], object]], float],
+                   run_batch: Callable[[list[np.ndarray]], object] | None = None) -> MemoryCost:
         """Run probe batches of full-length chunks (the dearest per second: attention grows faster than
         the length) and fit their cost; ``peak_bytes(run)`` runs ``run`` and returns the memory it added
-        at its peak."""
+        at its peak. ``run_batch`` is the batched inference to measure (default: transcribe_batch)."""
         item_s = self.max_chunk_s
+        run_batch = run_batch or (lambda audios: self.transcribe_batch(audios, DecodeOptions(language="en")))
         points = []
         for n in PROBE_SIZES:
             audios = [probe_audio(item_s, seed=i) for i in range(n)]
-            used = peak_bytes(lambda audios=audios: self.transcribe_batch(audios, DecodeOptions(language="en")))
+            used = peak_bytes(lambda audios=audios: run_batch(audios))
             points.append((n * self.padded_s(item_s), used))
         return fit_memory_cost(points)
+
+
+def _as_is(duration_s: float) -> float:
+    return duration_s
 
 
 def probe_audio(seconds: float, seed: int = 0) -> np.ndarray:

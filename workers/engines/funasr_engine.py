@@ -18,6 +18,7 @@ from workers.engines.base import (
     EngineSpec,
     Word,
 )
+from workers.batching import MemoryCost
 
 _HOTWORD_MODELS = {"SeacoParaformer", "ContextualParaformer"}
 _SENSEVOICE_LANGUAGES = {"auto", "zh", "en", "yue", "ja", "ko"}
@@ -92,6 +93,21 @@ class FunASREngine(Engine):
         for i, res in zip(todo, self._generate(batch, options)):
             out[i] = _chunk_from_result(res, len(audios[i]) / SAMPLE_RATE, options.language)
         return out
+
+    def measure_memory(self) -> tuple[MemoryCost, float]:
+        """Torch counts its allocations: the peak a probe batch added is exact, not sampled. Free memory
+        for batches is what the card has free plus what torch's cache holds unused."""
+        def peak(run) -> float:  # noqa: ANN001
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+            base = torch.cuda.memory_allocated()
+            run()
+            torch.cuda.synchronize()
+            return float(torch.cuda.max_memory_allocated() - base)
+
+        cost = self.probe_cost(peak)
+        free, _total = torch.cuda.mem_get_info()
+        return cost, float(free + torch.cuda.memory_reserved() - torch.cuda.memory_allocated())
 
     def _generate(self, batch: list[np.ndarray], options: DecodeOptions) -> list[dict]:
         kwargs: dict = {"batch_size": len(batch), "fs": SAMPLE_RATE}

@@ -13,6 +13,10 @@ from typing import Any, Callable
 import numpy as np
 
 from workers.engines.base import SAMPLE_RATE, ChunkText, DecodeOptions, Engine, EngineOutOfMemory, EngineSpec, Word
+from workers.batching import MemoryCost
+
+# every chunk is one encoder window of this length in Whisper's batched pass
+WINDOW_S = 30.0
 
 
 def resolve_model_path(model: str, models_dir: Path | None = None) -> str:
@@ -70,8 +74,60 @@ class WhisperEngine(Engine):
                 raise EngineOutOfMemory(str(e)) from e
             raise
 
+    def padded_s(self, duration_s: float) -> float:
+        # the batched (CUDA) pass encodes every chunk as one full window, whatever its length
+        return WINDOW_S if self.device.startswith("cuda") else duration_s
+
+    def measure_memory(self) -> tuple[MemoryCost, float]:
+        """CTranslate2 reports no memory figures: the card's free memory is sampled (driver API, this
+        process's context) while probe batches run; a short peak the samples miss is what the share of
+        free memory left aside and the halving on out-of-memory are for."""
+        from workers.engines.gpu_memory import lowest_free_while, mem_get_info
+
+        index = (list(getattr(self.model.model, "device_index", None) or [0]) or [0])[0]
+
+        def free() -> int:
+            return mem_get_info(index)[0]
+
+        def peak(run) -> float:  # noqa: ANN001
+            before = free()
+            return float(before - lowest_free_while(run, free))
+
+        # the batched pass only: the probe's made-up speech must not send chunks to the sequential second
+        # pass, whose fallback loads a fresh sampler model (a second copy of the weights, not batch memory)
+        cost = self.probe_cost(peak, lambda audios: self._decode(audios, "en", DecodeOptions(), second_pass=False))
+        return cost, float(free())
+
+    def detect_languages(self, audios: list[np.ndarray]) -> list[str]:
+        """The language of each chunk, as faster-whisper's detect_language finds it (the top language of
+        the first 30 s window). On CUDA the whole batch is one encoder pass and one detection call. On
+        CPU, CTranslate2 loses by batching here too (measured on 2 cores, Whisper base int8, the 11
+        test clips: 24 CPU s batched against 18 one by one, same languages), so each chunk is detected
+        alone, the chunks side by side on the parallel decoders. An empty chunk counts as English."""
+        from faster_whisper.audio import pad_or_trim
+
+        langs = ["en"] * len(audios)
+        idx = [i for i, a in enumerate(audios) if a.size]
+        if not idx:
+            return langs
+        fe = self.model.feature_extractor
+        features = [pad_or_trim(fe(audios[i][: fe.n_samples])[..., : fe.nb_max_frames]) for i in idx]
+        groups = [idx] if self.device.startswith("cuda") else [[i] for i in idx]
+        pos = {i: n for n, i in enumerate(idx)}
+
+        def detect(group: list[int]) -> list[str]:
+            stacked = np.stack([features[pos[i]] for i in group]).astype(np.float32)
+            results = self.model.model.detect_language(self.model.encode(stacked))
+            return [res[0][0][2:-2] for res in results]  # "<|en|>" -> "en"; best first
+
+        found = self._pool.map(detect, groups) if self._pool is not None and len(groups) > 1 else map(detect, groups)
+        for group, group_langs in zip(groups, list(found)):
+            for i, lang in zip(group, group_langs):
+                langs[i] = lang
+        return langs
+
     def _by_detected_language(self, audios: list[np.ndarray], options: DecodeOptions) -> list[ChunkText]:
-        langs = [self.model.detect_language(a)[0] if a.size else "en" for a in audios]
+        langs = self.detect_languages(audios)
         out: list[ChunkText | None] = [None] * len(audios)
         for lang in sorted(set(langs)):
             idx = [i for i, lg in enumerate(langs) if lg == lang]
@@ -89,7 +145,8 @@ class WhisperEngine(Engine):
         # still batches the scheduling and the I/O.
         return self._decode_each(audios, language, options)
 
-    def _decode(self, audios: list[np.ndarray], language: str, options: DecodeOptions) -> list[ChunkText]:
+    def _decode(self, audios: list[np.ndarray], language: str, options: DecodeOptions,
+                second_pass: bool = True) -> list[ChunkText]:
         # The batched pipeline takes one array and clip boundaries: lay the chunks end to end and
         # pass each as a clip; every output segment's `seek` names the clip it came from.
         lengths = [min(len(a), int(self.max_chunk_s * SAMPLE_RATE)) for a in audios]
@@ -128,7 +185,7 @@ class WhisperEngine(Engine):
         for i, parts in enumerate(texts):
             results[i].text = " ".join(p for p in parts if p)
         for i in range(len(audios)):
-            if lengths[i] >= SAMPLE_RATE and has_uncovered_speech(results[i], lengths[i] / SAMPLE_RATE):
+            if second_pass and lengths[i] >= SAMPLE_RATE and has_uncovered_speech(results[i], lengths[i] / SAMPLE_RATE):
                 second = self._decode_alone(audios[i][: lengths[i]], language, options)
                 if len(second.words) > len(results[i].words):
                     results[i] = second

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import logging
+import os
+import threading
 import uuid
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor, wait
 
 from sqlalchemy import select
 
@@ -67,8 +70,38 @@ def _write_transcript(job_id: uuid.UUID) -> str | None:
         duration_s, formats = job.duration_s or 0.0, job.options.get("formats") or ["json"]
     all_text = " ".join(c.text for c in chunks)
     transcript = merge(str(job_id), chunks, duration_s, language, MergeOptions(char_level=is_cjk(all_text)))
-    store = get_store()
     # every format is written on every run: a repeated finalize rewrites identical objects
-    for fmt in sorted(set(formats) | {"json"}):
-        store.put_bytes(transcript_key(job_id, fmt), render(transcript, fmt).encode("utf-8"), CONTENT_TYPES[fmt])
+    objects = [(transcript_key(job_id, fmt), render(transcript, fmt).encode("utf-8"), CONTENT_TYPES[fmt])
+               for fmt in sorted(set(formats) | {"json"})]
+    put_all(objects)
     return language
+
+
+# the formats' PUTs go out side by side: a job's transcript costs about one storage round trip, not four
+_put_pool: ThreadPoolExecutor | None = None
+_put_pool_pid = 0
+_put_pool_lock = threading.Lock()
+
+
+def _putter() -> ThreadPoolExecutor:
+    global _put_pool, _put_pool_pid
+    with _put_pool_lock:
+        if _put_pool is None or _put_pool_pid != os.getpid():  # a forked child gets its own threads
+            _put_pool = ThreadPoolExecutor(len(CONTENT_TYPES), thread_name_prefix="asrq-put")
+            _put_pool_pid = os.getpid()
+        return _put_pool
+
+
+def put_all(objects: list[tuple[str, bytes, str]]) -> None:
+    """Write (key, data, content type) objects concurrently. Returns once every PUT has finished; the
+    first error (in the given order) is raised then, so a retry never races a write still under way."""
+    store = get_store()
+    if len(objects) <= 1:
+        for key, data, ctype in objects:
+            store.put_bytes(key, data, ctype)
+        return
+    futures = [_putter().submit(store.put_bytes, key, data, ctype) for key, data, ctype in objects]
+    wait(futures)
+    for f in futures:
+        if f.exception() is not None:
+            raise f.exception()

@@ -8,7 +8,9 @@ records every chunk's outcome itself: done, given back and re-sent, or failed wi
 from __future__ import annotations
 
 import logging
+import os
 import socket
+import threading
 import time
 import uuid
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -29,7 +31,7 @@ from workers.audio import ms_to_byte, pcm_to_float
 from workers.batching import group_by, plan_batches, run_splitting_on_oom
 from workers.celery_app import app
 from workers.dispatch import send_finalize, send_transcribe, try_send
-from workers.engines.base import DecodeOptions, EngineOutOfMemory
+from workers.engines.base import DecodeOptions, Engine, EngineOutOfMemory
 from workers.engines.registry import get_engine
 from workers.lease import HeldChunks
 from workers.state import (
@@ -105,17 +107,16 @@ def process_chunks(chunk_ids: list[str], worker: str) -> None:
         todo = open_chunks(s, [uuid.UUID(c) for c in chunk_ids])
     if not todo:
         return
-    # A chunk claimed before that never finished may be what killed a worker: it runs alone, after
-    # the others, so a poison chunk is charged its attempts and its batch-mates are not.
-    fresh = [w for w in todo if w.attempts == 0]
-    suspects = sorted((w for w in todo if w.attempts > 0), key=lambda w: w.attempts)
-    batches = [
-        b
-        for group in group_by(fresh, _options_key)
-        for b in plan_batches(group, lambda w: w.duration_s, settings.batch_audio_s, settings.batch_max_requests)
-    ] + [[w] for w in suspects]
     held = HeldChunks([w.chunk_id for w in todo], settings.chunk_lease_s, settings.transcribe_time_limit_s)
+    engines = Engines()
+    # held from here: loading a model (and measuring its memory on its first batch) may take a while
     with held, ThreadPoolExecutor(max_workers=1, thread_name_prefix="asrq-fetch") as pool:
+        # A chunk claimed before that never finished may be what killed a worker: it runs alone, after
+        # the others, so a poison chunk is charged its attempts and its batch-mates are not.
+        fresh = [w for w in todo if w.attempts == 0]
+        suspects = sorted((w for w in todo if w.attempts > 0), key=lambda w: w.attempts)
+        batches = [b for group in group_by(fresh, _options_key) for b in _plan(group, engines)]
+        batches += [[w] for w in suspects]
         # claim and fetch the next batch's audio while the current one runs on the accelerator
         pending: Future | None = pool.submit(_claim_and_read, batches[0])
         try:
@@ -125,26 +126,84 @@ def process_chunks(chunk_ids: list[str], worker: str) -> None:
                 pending = pool.submit(_claim_and_read, batches[n + 1]) if n + 1 < len(batches) else None
                 if claimed:
                     faults.crash_if_poisoned(lambda: list(_filenames({w.job_id for w in claimed}).values()))
-                    _run_guarded(claimed, audios, worker)
+                    _run_guarded(claimed, audios, worker, engines)
         finally:
             # an error that ends this task early must not leave the next batch claimed by nobody
             if pending is not None:
                 _give_back_quietly(pending.result()[0], "the worker stopped before running this chunk")
 
 
+class Engines:
+    """The engines one task uses, by (engine, model): loaded (get_engine keeps them per process) or the
+    ModelUnavailable that says why not, so a model that cannot load is tried once per task, not once
+    for planning and again for each of its batches. Errors a retry may clear are not kept."""
+
+    def __init__(self) -> None:
+        self._got: dict[tuple[str, str], Engine | ModelUnavailable] = {}
+
+    def get(self, o: dict) -> Engine:
+        key = (o["engine"], o["model"])
+        got = self._got.get(key)
+        if got is None:
+            try:
+                got = get_engine(*key)
+            except ModelUnavailable as e:
+                got = e
+            self._got[key] = got
+        if isinstance(got, ModelUnavailable):
+            raise got
+        return got
+
+
+def _plan(group: list[ChunkWork], engines: Engines) -> list[list[ChunkWork]]:
+    """One option set's chunks -> batches, within the engine's budget: on CUDA sized from the card's
+    free memory and the model's measured cost (engines/base.py), on CPU the configured one. An engine
+    that cannot load is planned with the configured budget; its batches then meet the error."""
+    settings = get_settings()
+    budget, cost = settings.batch_audio_s, None
+    try:
+        engine = engines.get(group[0].options)
+        budget, padded = engine.batch_plan(settings.batch_audio_s, settings.gpu_memory_fraction,
+                                           settings.batch_max_requests)
+        cost = (lambda w: padded(w.duration_s))
+    except Exception as e:  # noqa: BLE001 - met again, and handled, when its batch runs
+        log.debug("planning with the configured budget: %s", type(e).__name__)
+    return plan_batches(group, lambda w: w.duration_s, budget, settings.batch_max_requests, cost)
+
+
 def _claim_and_read(batch: list[ChunkWork]) -> tuple[list[ChunkWork], list[np.ndarray | Exception]]:
     settings = get_settings()
     with session_scope() as s:
         claimed, exhausted = claim_chunks(s, [w.chunk_id for w in batch], settings.chunk_lease_s,
-                                          settings.max_attempts)
+                                          settings.max_attempts, options={w.job_id: w.options for w in batch})
         if exhausted:
             fail_chunks(s, exhausted, f"gave up after {settings.max_attempts} attempts (the worker died or "
                                       "timed out on this audio each time)")
     return claimed, _read_all(claimed)
 
 
+# ranged GETs of one batch's chunks run side by side (boto3's client is thread-safe; its pool holds 10
+# connections): a batch's audio arrives in about the time of its slowest read, not of all of them in a row
+READ_THREADS = 8
+_read_pool: ThreadPoolExecutor | None = None
+_read_pool_pid = 0
+_read_pool_lock = threading.Lock()
+
+
+def _reader() -> ThreadPoolExecutor:
+    global _read_pool, _read_pool_pid
+    with _read_pool_lock:
+        if _read_pool is None or _read_pool_pid != os.getpid():  # a forked child gets its own threads
+            _read_pool = ThreadPoolExecutor(READ_THREADS, thread_name_prefix="asrq-read")
+            _read_pool_pid = os.getpid()
+        return _read_pool
+
+
 def _read_all(work: list[ChunkWork]) -> list[np.ndarray | Exception]:
-    return [_read_one(w) for w in work]
+    """Every chunk's audio, in order; a chunk whose read failed gets its exception in its place."""
+    if len(work) <= 1:
+        return [_read_one(w) for w in work]
+    return list(_reader().map(_read_one, work))
 
 
 def _filenames(job_ids: set[uuid.UUID]) -> dict[uuid.UUID, str]:
@@ -172,18 +231,20 @@ def _give_back_quietly(work: list[ChunkWork], reason: str) -> None:
         log.warning("could not give back %d chunks (%s); their lease will expire", len(work), type(e).__name__)
 
 
-def _run_guarded(batch: list[ChunkWork], audios: list[np.ndarray | Exception], worker: str) -> None:
+def _run_guarded(batch: list[ChunkWork], audios: list[np.ndarray | Exception], worker: str,
+                 engines: Engines | None = None) -> None:
     """One batch's outcome is recorded whatever goes wrong: a bug or an outage while handling it gives
     its chunks back instead of leaving them claimed until their lease ends."""
     try:
-        _run_batch(batch, audios, worker)
+        _run_batch(batch, audios, worker, engines or Engines())
     except Exception as e:  # noqa: BLE001
         log.warning("batch of %d chunks could not be handled (%s); giving it back", len(batch), type(e).__name__,
                     exc_info=not isinstance(e, TRANSIENT))
         _give_back_quietly(batch, f"the batch could not be handled: {type(e).__name__}")
 
 
-def _run_batch(batch: list[ChunkWork], audios: list[np.ndarray | Exception], worker: str) -> None:
+def _run_batch(batch: list[ChunkWork], audios: list[np.ndarray | Exception], worker: str,
+               engines: Engines) -> None:
     settings = get_settings()
     ok = [(w, a) for w, a in zip(batch, audios) if not isinstance(a, Exception)]
     missing = [w for w, a in zip(batch, audios) if isinstance(a, ObjectNotFound)]
@@ -197,7 +258,7 @@ def _run_batch(batch: list[ChunkWork], audios: list[np.ndarray | Exception], wor
         return
     o = ok[0][0].options
     try:
-        engine = get_engine(o["engine"], o["model"])
+        engine = engines.get(o)
     except ModelUnavailable as e:
         # every chunk of a batch names the same model (batches are grouped by options): only the jobs
         # that asked for this model fail, at once, with the reason; nobody else is charged
@@ -223,7 +284,7 @@ def _run_batch(batch: list[ChunkWork], audios: list[np.ndarray | Exception], wor
             # one bad chunk must not sink its batch-mates: retry each alone to isolate it
             log.warning("batch of %d failed (%s); retrying chunks one by one", len(ok), type(e).__name__)
             for pair in ok:
-                _run_guarded([pair[0]], [pair[1]], worker)
+                _run_guarded([pair[0]], [pair[1]], worker, engines)
             return
         w = ok[0][0]
         reason = str(e) if isinstance(e, PermanentError) else f"inference failed: {type(e).__name__}"
