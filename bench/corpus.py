@@ -160,7 +160,7 @@ def plan_key(engine: str) -> str:
     """Changes whenever the chunk plans could: options, or the VAD/chunking code itself."""
     opts, window_s, silence_ms = chunking_options(engine)
     h = hashlib.sha1(repr((asdict(opts), window_s, silence_ms)).encode())
-    for f in ("workers/chunking.py", "workers/vad.py", "workers/audio.py"):
+    for f in ("workers/chunking.py", "workers/vad.py", "workers/vad_decide.py", "workers/audio.py"):
         h.update((ROOT / f).read_bytes())
     return h.hexdigest()
 

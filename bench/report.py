@@ -60,6 +60,14 @@ def checks(r: dict) -> list[Check]:
     if fc := r.get("first_chunk"):
         out.append(Check("time to first chunk result (short job, idle) <= 2 s", fc["median_s"] <= 2.0,
                          f"median {fc['median_s']:.2f} s, max {fc['max_s']:.2f} s over {len(fc['trials_s'])}"))
+    if "ceiling" in r:
+        from bench import orchestration
+
+        out += orchestration.checks(r["ceiling"])
+    if "vad" in r:
+        from bench import vad_speed
+
+        out += vad_speed.checks(r["vad"])
     return out
 
 
@@ -114,6 +122,14 @@ def console(r: dict) -> str:
              f"{r['machine']['ram_gib']} GiB, {r['machine']['cpu_model']}", r["corpus_line"], "",
              _text_table(table(r)), "", "ratios: " + (", ".join(ratios(r)) or "n/a"),
              "per CPU second (cross-check): " + (", ".join(ratios(r, per_cpu=True)) or "n/a"), ""]
+    if "ceiling" in r:
+        from bench import orchestration
+
+        lines += orchestration.summary(r["ceiling"])
+    if "vad" in r:
+        from bench import vad_speed
+
+        lines += vad_speed.summary(r["vad"])
     for c in checks(r):
         lines.append(f"{c.verdict:4}  {c.name}: {c.detail}")
     misses = [c for c in checks(r) if c.ok is False]
@@ -219,6 +235,14 @@ def details(r: dict) -> list[str]:
         if lat["send_lag_p99_ms"] > 5.0:
             out.append(f"  - the generator itself left late (p99 {lat['send_lag_p99_ms']} ms behind schedule): "
                        "the machine was too busy for a clean measurement")
+    if "ceiling" in r:
+        from bench import orchestration
+
+        out += orchestration.details(r["ceiling"])
+    if "vad" in r:
+        from bench import vad_speed
+
+        out += vad_speed.details(r["vad"])
     if pr := r.get("cpu_probe_ms"):
         out.append("- CPU speed probe (ms for a fixed single-core loop, best of 3; lower is faster), taken before "
                    "each section once the machine had settled (up to 4 min idle): "
