@@ -114,6 +114,8 @@ class Settings(BaseSettings):
     # every other body (JSON): 10,000 jobs of about 1.6 KB each (URI, webhook, options) fit
     max_json_bytes: int = Field(16 * 1024**2, ge=1024)
     max_batch_jobs: int = 10_000
+    # CA bundle (PEM file) for https sources and webhooks, where they use a private CA; default: certifi's
+    source_ca_bundle: Path | None = None
     allow_private_sources: bool = False  # lets source_uri point at loopback/private hosts (tests, labs)
     allow_file_sources: bool = False
     # where s3:// sources may be read from, with the service's own credentials; anything else is refused.

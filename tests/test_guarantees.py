@@ -208,6 +208,29 @@ def test_backlog_is_not_resent_but_a_flush_is(live):
     assert reconcile_once().get("prepare", 0) == 0  # the re-sent messages now wait; not sent a third time
 
 
+def test_message_handed_to_a_worker_that_never_took_the_job(live):
+    """A prepare message delivered to a worker (unacknowledged) counts while that worker can still be
+    about to take the job; held for longer than the stale period without the job moving, that worker is
+    dead or stuck and the job is sent again (it used to wait for Redis's visibility timeout)."""
+    from workers.celery_app import app
+    from workers.dispatch import send_prepare
+    from workers.tasks.reconcile import reconcile_once
+
+    jid = _add_job()
+    send_prepare([jid])
+    with app.connection_for_read() as conn:
+        queue = conn.SimpleQueue(app.amqp.queues["prepare"])
+        queue.get(timeout=5)  # delivered to this "worker", never acknowledged
+        assert live.queue_len("prepare") == 0 and live.redis.hlen("unacked") == 1
+        assert reconcile_once().get("prepare", 0) == 0
+        long_ago = time.time() - 10 * STALE_S
+        live.redis.zadd("unacked_index", {tag: long_ago for tag in live.redis.zrange("unacked_index", 0, -1)})
+        _age_everything()
+        assert reconcile_once()["prepare"] == 1
+        assert live.queue_len("prepare") == 1
+        queue.close()
+
+
 def test_pending_chunks_waiting_or_held_are_not_resent(live):
     from workers.dispatch import send_transcribe
     from workers.lease import HeldChunks
@@ -219,7 +242,7 @@ def test_pending_chunks_waiting_or_held_are_not_resent(live):
     assert reconcile_once().get("transcribe", 0) == 0
     live.redis.delete("transcribe")  # lost: nothing waits for them now
     # a transcribe worker that was handed them keeps them fresh while it works on the batch before them
-    with HeldChunks(waiting, lease_s=0.4, max_hold_s=60):
+    with HeldChunks(waiting, lease_s=60, stale_s=0.4, max_hold_s=60):
         _age_everything()
         time.sleep(0.5)
         assert reconcile_once().get("transcribe", 0) == 0

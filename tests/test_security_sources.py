@@ -197,10 +197,18 @@ def test_http_source_is_fetched_from_the_checked_address(settings, servers, monk
     tls.sni_callback = lambda sock, name, ctx: seen_sni.append(name)
     tls_server = servers("127.0.0.1", replies=[{}], tls=tls)
     lookups = rebinding_dns(monkeypatch, ["127.0.0.1", "127.0.0.2"])
-    with pytest.raises(TransientError, match="ConnectError"):  # self-signed: verification refuses it
+    # self-signed: verification refuses it, for good (a retry cannot change the certificate)
+    with pytest.raises(BadSource, match="failed verification"):
         fetch_source(uuid.uuid4(), f"https://{NAME}:{tls_server.port}/x.wav", "x.wav", None, lab, tmp_path / "c")
     assert seen_sni == [NAME] and lookups == [NAME]
     assert tls_server.requests == []
+    # ... unless the deployment trusts that CA: then the pinned address serves the file, verified by name
+    trusted = lab.model_copy(update={"source_ca_bundle": tmp_path / "cert.pem"})
+    lookups = rebinding_dns(monkeypatch, ["127.0.0.1", "127.0.0.2"])
+    got = fetch_source(uuid.uuid4(), f"https://{NAME}:{tls_server.port}/x.wav", "x.wav", None, trusted,
+                       tmp_path / "d")
+    assert got.read_bytes() == AUDIO and lookups == [NAME]
+    assert [r["host"] for r in tls_server.requests] == [f"{NAME}:{tls_server.port}"]
 
 
 def test_http_source_size_is_capped_before_and_while_reading(settings, servers, tmp_path):

@@ -25,22 +25,27 @@ log = logging.getLogger("asrq.inventory")
 QUEUES = (QUEUE_PREPARE, QUEUE_TRANSCRIBE, QUEUE_FINALIZE)
 _REDIS_PRIORITY_SEP = "\x06\x16"  # kombu.transport.redis: queue keys for priorities 3, 6, 9
 _REDIS_UNACKED = "unacked"
+_REDIS_UNACKED_INDEX = "unacked_index"  # delivery tag -> time of delivery
 _PAGE = 2000
 
 
 @dataclass
 class Inventory:
-    """(task name, argument) pairs: ``waiting`` in a queue, ``delivered`` to a worker and unacknowledged."""
+    """(task name, argument) pairs: ``waiting`` in a queue, and ``delivered`` to a worker but not yet
+    acknowledged, with the time (epoch seconds) of the latest such delivery."""
 
     waiting: set[tuple[str, str]] = field(default_factory=set)
-    delivered: set[tuple[str, str]] = field(default_factory=set)
+    delivered: dict[tuple[str, str], float] = field(default_factory=dict)
 
     def has_waiting(self, task: str, arg: object) -> bool:
         return (task, str(arg)) in self.waiting
 
-    def has_any(self, task: str, arg: object) -> bool:
+    def has_pending(self, task: str, arg: object, delivered_since: float) -> bool:
+        """Waiting, or handed to a worker since ``delivered_since``. A worker takes what it is handed
+        at once; one handed it earlier and still has not is busy for long, or dead: its copy does not
+        count (a duplicate is a no-op against the lease of whoever takes the work first)."""
         key = (task, str(arg))
-        return key in self.waiting or key in self.delivered
+        return key in self.waiting or self.delivered.get(key, 0.0) >= delivered_since
 
 
 def read_inventory(settings: Settings) -> Inventory | None:
@@ -63,8 +68,10 @@ def _redis_inventory(url: str) -> Inventory:
         for queue in QUEUES:
             for key in [queue] + [f"{queue}{_REDIS_PRIORITY_SEP}{p}" for p in (3, 6, 9)]:
                 inv.waiting.update(_parse_all(_lrange_all(client, key)))
-        delivered = (json.loads(v)[0] for _, v in client.hscan_iter(_REDIS_UNACKED, count=_PAGE))
-        inv.delivered.update(_parse_all(delivered, raw=True))
+        since = dict(client.zscan_iter(_REDIS_UNACKED_INDEX, count=_PAGE))
+        for tag, raw in client.hscan_iter(_REDIS_UNACKED, count=_PAGE):
+            for key in _parse_all([json.loads(raw)[0]], raw=True):
+                inv.delivered[key] = max(inv.delivered.get(key, 0.0), float(since.get(tag, 0.0)))
         return inv
     finally:
         client.close()

@@ -74,7 +74,7 @@ class HeldChunks(Heartbeat):
     it claimed have their lease renewed while inference runs, so a short lease still hands a dead
     worker's chunks on quickly without taking them from a slow, live one."""
 
-    def __init__(self, chunk_ids: list[uuid.UUID], lease_s: float, max_hold_s: float) -> None:
+    def __init__(self, chunk_ids: list[uuid.UUID], lease_s: float, stale_s: float, max_hold_s: float) -> None:
         self.claims: set[uuid.UUID] = set()
         self._lock = threading.Lock()
 
@@ -85,7 +85,8 @@ class HeldChunks(Heartbeat):
                 touch_held(s, chunk_ids, claims, lease_s)
             return True
 
-        super().__init__("asrq-held-chunks", lease_s / 4, max_hold_s, beat)
+        # four beats per lease and per stale period: the reconciler must never see a held chunk as still
+        super().__init__("asrq-held-chunks", min(lease_s, stale_s) / 4, max_hold_s, beat)
 
     def add_claim(self, claim_id: uuid.UUID | None) -> None:
         if claim_id is not None:

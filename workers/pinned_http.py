@@ -10,8 +10,11 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator
 
+import ssl
+
 import httpx
 
+from app.errors import BadSource
 from app.settings import Settings
 from app.sources import resolve_checked
 
@@ -26,13 +29,18 @@ def pinned_stream(method: str, url: str, settings: Settings, timeout_s: float, *
     addresses = resolve_checked(name, port, settings)
     headers = {**kwargs.pop("headers", {}), "Host": target.netloc.decode("ascii")}
     # trust_env off: a proxy from the environment would resolve the name again, on its own terms
-    with httpx.Client(timeout=timeout_s, follow_redirects=False, trust_env=False) as client:
+    verify = str(settings.source_ca_bundle) if settings.source_ca_bundle else True
+    with httpx.Client(timeout=timeout_s, follow_redirects=False, trust_env=False, verify=verify) as client:
         for n, address in enumerate(addresses):
             request = client.build_request(method, target.copy_with(host=address), headers=headers,
                                            extensions={"sni_hostname": name}, **kwargs)
             try:
                 response = client.send(request, stream=True)
-            except httpx.ConnectError:
+            except httpx.ConnectError as e:
+                if _certificate_refused(e):
+                    # the server is reachable and says who it is; it is not who the URL names: a retry
+                    # cannot change that
+                    raise BadSource(f"TLS certificate of {name} failed verification") from e
                 if n == len(addresses) - 1:
                     raise
                 continue  # nothing was sent: the next checked address is as good
@@ -41,3 +49,11 @@ def pinned_stream(method: str, url: str, settings: Settings, timeout_s: float, *
             finally:
                 response.close()
             return
+
+
+def _certificate_refused(e: BaseException) -> bool:
+    while e is not None:
+        if isinstance(e, ssl.SSLCertVerificationError):
+            return True
+        e = e.__cause__ or e.__context__
+    return False

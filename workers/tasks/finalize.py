@@ -28,7 +28,9 @@ from workers.webhooks import enqueue_webhook
 log = logging.getLogger("asrq.finalize")
 
 
-@app.task(name=TASK_FINALIZE, bind=True)
+# max_retries=None: the task's own limit (policy.transient_retry_limit) bounds retries; Celery's default
+# of 3 would end them early with MaxRetriesExceededError and leave the job QUEUED
+@app.task(name=TASK_FINALIZE, bind=True, max_retries=None)
 def finalize(self, job_id: str) -> None:  # noqa: ANN001
     run_job_step(self, job_id, finalize_job, "finalizing the transcript", on_transient=requeue_finalize)
 

@@ -31,7 +31,9 @@ log = logging.getLogger("asrq.prepare")
 MAX_DURATION_S = 12 * 3600.0
 
 
-@app.task(name=TASK_PREPARE, bind=True)
+# max_retries=None: the task's own limit (policy.transient_retry_limit) bounds retries; Celery's default
+# of 3 would end them early with MaxRetriesExceededError and leave the job QUEUED
+@app.task(name=TASK_PREPARE, bind=True, max_retries=None)
 def prepare(self, job_id: str) -> None:  # noqa: ANN001
     run_job_step(self, job_id, prepare_job, "preparing the audio", on_transient=requeue_prepare)
 

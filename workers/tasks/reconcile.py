@@ -77,7 +77,7 @@ def reconcile_once() -> dict:
         log.warning("broker inventory unreadable (%s); re-sending nothing this run", type(e).__name__)
         try_send(send_finalize, finalize_now)
         return {}
-    prepare, transcribe, finalize = lost_messages(cand, inventory)
+    prepare, transcribe, finalize = lost_messages(cand, inventory, stale)
     with session_scope() as s:
         prepare = touch_jobs(s, prepare, [JobState.QUEUED, JobState.PREPARING], stale, now)
         finalize = touch_jobs(s, finalize, [JobState.FINALIZING], stale, now) + finalize_now
@@ -138,22 +138,22 @@ def find_candidates(s: Session, now: datetime, stale: datetime) -> Candidates:
     )
 
 
-def lost_messages(c: Candidates, inv: Inventory | None) -> tuple[list, list, list]:
+def lost_messages(c: Candidates, inv: Inventory | None, stale: datetime) -> tuple[list, list, list]:
     """(prepare, transcribe, finalize) ids whose work must be sent again.
 
-    Waiting in a queue: it will be delivered, leave it. Delivered to a worker but unacknowledged: for a
-    job nobody holds yet, that worker is about to take it (a worker that died holding it gives it
-    back when the broker's visibility timeout passes). For work whose holder's lease expired the
-    holder is gone, so its delivered message counts for nothing. Chunks a transcribe worker has been
-    handed are kept fresh by that worker while it holds them, so a still PENDING chunk is lost
-    unless its message waits in the queue.
+    Waiting in a queue: it will be delivered, leave it. Handed to a worker within the stale period for
+    a job nobody holds yet: that worker is about to take it. Handed earlier and still not taken, or
+    work whose holder's lease expired: that worker is gone (or stuck), so its copy counts for nothing.
+    Chunks a transcribe worker has been handed are kept fresh by that worker while it holds them, so
+    a still PENDING chunk is lost unless its message waits in the queue.
     """
     if inv is None:  # a transport whose queues cannot be read: re-send what has been still too long
         return c.queued + c.preparing, c.pending + c.running, c.finalize_free + c.finalize_dead
-    prepare = ([j for j in c.queued if not inv.has_any(TASK_PREPARE, j)]
+    since = stale.timestamp()
+    prepare = ([j for j in c.queued if not inv.has_pending(TASK_PREPARE, j, since)]
                + [j for j in c.preparing if not inv.has_waiting(TASK_PREPARE, j)])
     transcribe = [ch for ch in c.pending + c.running if not inv.has_waiting(TASK_TRANSCRIBE, ch)]
-    finalize = ([j for j in c.finalize_free if not inv.has_any(TASK_FINALIZE, j)]
+    finalize = ([j for j in c.finalize_free if not inv.has_pending(TASK_FINALIZE, j, since)]
                 + [j for j in c.finalize_dead if not inv.has_waiting(TASK_FINALIZE, j)])
     return prepare, transcribe, finalize
 

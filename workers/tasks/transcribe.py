@@ -107,7 +107,8 @@ def process_chunks(chunk_ids: list[str], worker: str) -> None:
         todo = open_chunks(s, [uuid.UUID(c) for c in chunk_ids])
     if not todo:
         return
-    held = HeldChunks([w.chunk_id for w in todo], settings.chunk_lease_s, settings.transcribe_time_limit_s)
+    held = HeldChunks([w.chunk_id for w in todo], settings.chunk_lease_s, settings.reconcile_stale_s,
+                      settings.transcribe_time_limit_s)
     engines = Engines()
     # held from here: loading a model (and measuring its memory on its first batch) may take a while
     with held, ThreadPoolExecutor(max_workers=1, thread_name_prefix="asrq-fetch") as pool:
