@@ -200,6 +200,28 @@ def running_stack(env: dict, tmp: Path, api_key: str):
         session.reset_engines()
 
 
+@contextlib.contextmanager
+def fresh_celery_app():
+    """The Celery app is a module-level singleton built from settings at import: inside this block a fresh
+    one is built (on first use) for the settings now current; whatever was imported before comes back
+    afterwards."""
+    import workers
+
+    prev_mod = sys.modules.pop("workers.celery_app", None)
+    prev_attr = workers.__dict__.pop("celery_app", None)
+    try:
+        yield
+    finally:
+        fresh = sys.modules.pop("workers.celery_app", None)
+        workers.__dict__.pop("celery_app", None)
+        if fresh is not None:
+            fresh.app.close()
+        if prev_mod is not None:
+            sys.modules["workers.celery_app"] = prev_mod
+        if prev_attr is not None:
+            workers.celery_app = prev_attr
+
+
 def base_env(db_url: str, broker_url: str, storage_url: str, s3_endpoint: str, tmp: Path, api_key: str) -> dict:
     env = {k: v for k, v in os.environ.items() if not k.startswith("ASRQ_")}
     env.update({

@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 import uuid
 from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
+from tests.services import fresh_celery_app
 
 MAX_UPLOAD = 200_000
 MAX_JSON = 50_000  # below MAX_UPLOAD, so a test can tell which cap applied
@@ -59,7 +59,6 @@ def _reset_caches() -> None:
 
 @pytest.fixture
 def api(tmp_path, monkeypatch):
-    import workers
     from app.api.main import create_app
     from app.db.migrate import upgrade
     from app.settings import get_settings
@@ -81,24 +80,12 @@ def api(tmp_path, monkeypatch):
     for k, v in env.items():
         monkeypatch.setenv(k, v)
     _reset_caches()
-    # the Celery app is a module-level singleton built from settings at import: build a fresh one for this
-    # test's broker folder, and put back whatever was imported before afterwards
-    prev_mod = sys.modules.pop("workers.celery_app", None)
-    prev_attr = workers.__dict__.pop("celery_app", None)
     settings = get_settings()
     upgrade(settings.database_url)
     try:
-        with TestClient(create_app(settings)) as client:
+        with fresh_celery_app(), TestClient(create_app(settings)) as client:  # for this test's broker folder
             yield Api(client, tmp_path)
     finally:
-        fresh = sys.modules.pop("workers.celery_app", None)
-        workers.__dict__.pop("celery_app", None)
-        if fresh is not None:
-            fresh.app.close()
-        if prev_mod is not None:
-            sys.modules["workers.celery_app"] = prev_mod
-        if prev_attr is not None:
-            workers.celery_app = prev_attr
         _reset_caches()
 
 

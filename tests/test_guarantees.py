@@ -4,7 +4,6 @@ writes are fenced by the claim that holds a chunk; one lock order everywhere."""
 
 from __future__ import annotations
 
-import sys
 import threading
 import time
 import uuid
@@ -19,7 +18,7 @@ from sqlalchemy import func, select, update
 
 from app.db.models import Chunk, ChunkState, Job, JobState, utcnow
 from tests.conftest import REDIS_TEST_DB
-from tests.services import postgres_database, redis_db
+from tests.services import fresh_celery_app, postgres_database, redis_db
 
 STALE_S = 2.0
 
@@ -43,7 +42,6 @@ def live(tmp_path, monkeypatch):
     from app.db import session
     from app.db.migrate import upgrade
     from app.settings import get_settings
-    import workers
 
     with postgres_database() as db_url, redis_db(REDIS_TEST_DB) as broker:
         upgrade(db_url)
@@ -54,21 +52,12 @@ def live(tmp_path, monkeypatch):
         get_settings.cache_clear()
         session.reset_engines()
         storage._store.cache_clear()
-        prev_mod = sys.modules.pop("workers.celery_app", None)
-        prev_attr = workers.__dict__.pop("celery_app", None)
         r = redis.Redis.from_url(broker)
         try:
-            yield Live(db_url, broker, r, tmp_path / "objects")
+            with fresh_celery_app():
+                yield Live(db_url, broker, r, tmp_path / "objects")
         finally:
             r.close()
-            fresh = sys.modules.pop("workers.celery_app", None)
-            workers.__dict__.pop("celery_app", None)
-            if fresh is not None:
-                fresh.app.close()
-            if prev_mod is not None:
-                sys.modules["workers.celery_app"] = prev_mod
-            if prev_attr is not None:
-                workers.celery_app = prev_attr
             session.reset_engines()
             get_settings.cache_clear()
             storage._store.cache_clear()

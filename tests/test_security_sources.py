@@ -16,7 +16,6 @@ import json
 import os
 import socket
 import ssl
-import sys
 import threading
 import time
 import uuid
@@ -26,6 +25,7 @@ import pytest
 
 from app.errors import AsrqError, BadSource, TransientError
 from app.settings import Settings
+from tests.services import fresh_celery_app
 
 NAME = "media.example.org"
 PUBLIC = "93.184.215.14"  # passes the check; the rebinding tests must never reach the loopback servers
@@ -310,7 +310,6 @@ def test_s3_source_is_checked_again_and_capped_in_the_worker(s3_settings, tmp_pa
 @pytest.fixture
 def embedded(tmp_path, monkeypatch):
     """This process's settings, sessions and Celery app on SQLite and a broker folder in tmp_path."""
-    import workers
     from app import storage
     from app.db import session
     from app.db.migrate import upgrade
@@ -331,19 +330,10 @@ def embedded(tmp_path, monkeypatch):
 
     reset()
     upgrade(get_settings().database_url)
-    prev_mod = sys.modules.pop("workers.celery_app", None)
-    prev_attr = workers.__dict__.pop("celery_app", None)
     try:
-        yield tmp_path
+        with fresh_celery_app():
+            yield tmp_path
     finally:
-        fresh = sys.modules.pop("workers.celery_app", None)
-        workers.__dict__.pop("celery_app", None)
-        if fresh is not None:
-            fresh.app.close()
-        if prev_mod is not None:
-            sys.modules["workers.celery_app"] = prev_mod
-        if prev_attr is not None:
-            workers.celery_app = prev_attr
         monkeypatch.undo()
         reset()
 
