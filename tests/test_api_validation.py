@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
+
 from tests.services import fresh_celery_app
 
 MAX_UPLOAD = 200_000
