@@ -88,6 +88,15 @@ class HeldChunks(Heartbeat):
         # four beats per lease and per stale period: the reconciler must never see a held chunk as still
         super().__init__("asrq-held-chunks", min(lease_s, stale_s) / 4, max_hold_s, beat)
 
+    def __enter__(self) -> "HeldChunks":
+        # at once, not a quarter period later: the chunks may already look still to the reconciler
+        try:
+            self._beat_fn()
+        except Exception as e:  # noqa: BLE001 - the thread's beats retry
+            log.warning("held chunks: first heartbeat failed: %s", type(e).__name__)
+        super().__enter__()
+        return self
+
     def add_claim(self, claim_id: uuid.UUID | None) -> None:
         if claim_id is not None:
             with self._lock:

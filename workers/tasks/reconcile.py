@@ -144,15 +144,16 @@ def lost_messages(c: Candidates, inv: Inventory | None, stale: datetime) -> tupl
     Waiting in a queue: it will be delivered, leave it. Handed to a worker within the stale period for
     a job nobody holds yet: that worker is about to take it. Handed earlier and still not taken, or
     work whose holder's lease expired: that worker is gone (or stuck), so its copy counts for nothing.
-    Chunks a transcribe worker has been handed are kept fresh by that worker while it holds them, so
-    a still PENDING chunk is lost unless its message waits in the queue.
+    A transcribe worker keeps the chunks it holds fresh from the moment its task starts; between the
+    delivery and that moment (its batch buffer's flush interval) the fresh delivery speaks for them.
     """
     if inv is None:  # a transport whose queues cannot be read: re-send what has been still too long
         return c.queued + c.preparing, c.pending + c.running, c.finalize_free + c.finalize_dead
     since = stale.timestamp()
     prepare = ([j for j in c.queued if not inv.has_pending(TASK_PREPARE, j, since)]
                + [j for j in c.preparing if not inv.has_waiting(TASK_PREPARE, j)])
-    transcribe = [ch for ch in c.pending + c.running if not inv.has_waiting(TASK_TRANSCRIBE, ch)]
+    transcribe = ([ch for ch in c.pending if not inv.has_pending(TASK_TRANSCRIBE, ch, since)]
+                  + [ch for ch in c.running if not inv.has_waiting(TASK_TRANSCRIBE, ch)])
     finalize = ([j for j in c.finalize_free if not inv.has_pending(TASK_FINALIZE, j, since)]
                 + [j for j in c.finalize_dead if not inv.has_waiting(TASK_FINALIZE, j)])
     return prepare, transcribe, finalize
