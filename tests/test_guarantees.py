@@ -134,6 +134,26 @@ def test_prepare_that_died_is_taken_over_and_bounded(live):
     assert job.state == JobState.FAILED and "failed 3 times" in job.error
 
 
+def test_retry_after_a_database_outage_resumes_its_attempt(live):
+    """Found by the chaos soak: a prepare that met a Postgres restart could not give its attempt back,
+    so its retry took the job over as if the worker had died, and outages used up a good file's
+    attempts. The retry now resumes the attempt, unless somebody took the job over meanwhile."""
+    from workers.state import begin_prepare
+
+    jid = _add_job()
+    with _session() as s:
+        assert begin_prepare(s, jid, max_attempts=3, lease_s=60).prepare_attempts == 1
+        # the transient error's give-back failed (database down); the retry comes back with attempt 1
+        assert begin_prepare(s, jid, max_attempts=3, lease_s=60, resume_attempt=1).prepare_attempts == 1
+        # once another worker took the job over (attempt 2), that retry finds nothing to resume
+        assert begin_prepare(s, jid, max_attempts=3, lease_s=-1) is None  # lease of attempt 1 still live
+    with _session() as s:
+        s.execute(update(Job).where(Job.id == jid).values(lease_until=utcnow() - timedelta(seconds=1)))
+    with _session() as s:
+        assert begin_prepare(s, jid, max_attempts=3, lease_s=60).prepare_attempts == 2
+        assert begin_prepare(s, jid, max_attempts=3, lease_s=60, resume_attempt=1) is None
+
+
 def test_finalize_that_died_is_taken_over(live):
     from workers.state import begin_finalize
     from workers.tasks.reconcile import reconcile_once

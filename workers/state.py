@@ -11,7 +11,8 @@ import uuid
 from dataclasses import dataclass, replace
 from datetime import timedelta
 
-from sqlalchemy import JSON, String, Text, Uuid, bindparam, case, column, delete, func, insert, select, update, values
+from sqlalchemy import (JSON, String, Text, Uuid, bindparam, case, column, delete, false, func, insert, select,
+                        update, values)
 from sqlalchemy.orm import Session
 
 from app.db.models import TERMINAL_JOB_STATES, Batch, Chunk, ChunkState, Job, JobState, utcnow
@@ -28,21 +29,28 @@ def log_state(job: Job | uuid.UUID, state: JobState, **extra: object) -> None:
     log.info("job=%s state=%s elapsed_s=%.3f %s", job_id, state.value, elapsed, tail)
 
 
-def begin_prepare(session: Session, job_id: uuid.UUID, max_attempts: int, lease_s: float) -> Job | None:
+def begin_prepare(session: Session, job_id: uuid.UUID, max_attempts: int, lease_s: float,
+                  resume_attempt: int | None = None) -> Job | None:
     """QUEUED -> PREPARING with one more attempt and a lease; None when the job needs no preparing.
 
     A job already PREPARING is taken over only when its holder's lease ran out (the holder died: its
     heartbeat stopped). A duplicate message meets a live lease and does nothing, so there is never a
     second prepare beside a live one, and a prepare that died is always taken over, charging an attempt.
+    ``resume_attempt``: the retry of a prepare that stopped on a transient error and could not give its
+    attempt back continues that attempt, if nobody took the job over since.
     """
     job_id = uuid.UUID(str(job_id))
     now = utcnow()
+    resumable = ((Job.state == JobState.PREPARING) & (Job.prepare_attempts == resume_attempt)
+                 if resume_attempt is not None else false())
     res = session.execute(
         update(Job)
         .where(Job.id == job_id,
                (Job.state == JobState.QUEUED)
-               | ((Job.state == JobState.PREPARING) & ((Job.lease_until < now) | Job.lease_until.is_(None))))
-        .values(state=JobState.PREPARING, prepare_attempts=Job.prepare_attempts + 1,
+               | ((Job.state == JobState.PREPARING) & ((Job.lease_until < now) | Job.lease_until.is_(None)))
+               | resumable)
+        .values(state=JobState.PREPARING,
+                prepare_attempts=case((resumable, Job.prepare_attempts), else_=Job.prepare_attempts + 1),
                 lease_until=now + timedelta(seconds=lease_s),
                 started_at=func.coalesce(Job.started_at, now), updated_at=now)
     )

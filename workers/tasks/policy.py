@@ -57,7 +57,8 @@ def run_job_step(task: Task, job_id: str, step: Callable[[uuid.UUID], None], wha
                     on_transient(s, jid)
             except TRANSIENT:
                 pass  # database down too: the heartbeat goes stale and the reconciler takes over
-        raise task.retry(countdown=backoff_s(task.request.retries), max_retries=None) from e
+        kwargs = {**(task.request.kwargs or {}), **getattr(e, "asrq_retry_kwargs", {})}
+        raise task.retry(countdown=backoff_s(task.request.retries), max_retries=None, kwargs=kwargs) from e
     except Exception as e:  # noqa: BLE001 - an unknown error is a bug: record it, do not crash the worker
         log.exception("job=%s %s failed unexpectedly", jid, what)
         _fail(jid, f"{what} failed: internal error ({type(e).__name__})")

@@ -23,7 +23,7 @@ from workers.engines.registry import MAX_CHUNK_S
 from workers.fetch import fetch_source
 from workers.lease import JobLease
 from workers.state import begin_prepare, requeue_prepare, save_plan
-from workers.tasks.policy import run_job_step
+from workers.tasks.policy import TRANSIENT, run_job_step
 from workers.vad import speech_segments
 
 log = logging.getLogger("asrq.prepare")
@@ -34,8 +34,9 @@ MAX_DURATION_S = 12 * 3600.0
 # max_retries=None: the task's own limit (policy.transient_retry_limit) bounds retries; Celery's default
 # of 3 would end them early with MaxRetriesExceededError and leave the job QUEUED
 @app.task(name=TASK_PREPARE, bind=True, max_retries=None)
-def prepare(self, job_id: str) -> None:  # noqa: ANN001
-    run_job_step(self, job_id, prepare_job, "preparing the audio", on_transient=requeue_prepare)
+def prepare(self, job_id: str, resume_attempt: int | None = None) -> None:  # noqa: ANN001
+    run_job_step(self, job_id, lambda jid: prepare_job(jid, resume_attempt), "preparing the audio",
+                 on_transient=requeue_prepare)
 
 
 def pcm_windows(f: BinaryIO, window_s: float) -> Iterator:
@@ -44,15 +45,27 @@ def pcm_windows(f: BinaryIO, window_s: float) -> Iterator:
         yield pcm_to_float(data)
 
 
-def prepare_job(job_id: uuid.UUID) -> None:
+def prepare_job(job_id: uuid.UUID, resume_attempt: int | None = None) -> None:
     settings = get_settings()
     store = get_store()
     with session_scope() as s:
-        job = begin_prepare(s, job_id, settings.max_attempts, settings.reconcile_stale_s)
+        job = begin_prepare(s, job_id, settings.max_attempts, settings.reconcile_stale_s, resume_attempt)
         if job is None:
             return
         attempt, tenant = job.prepare_attempts, job.tenant
         source_uri, filename, options = job.source_uri, job.filename, dict(job.options)
+    try:
+        _prepare_held(job_id, attempt, tenant, source_uri, filename, options, store, settings)
+    except TRANSIENT as e:
+        # if the attempt cannot be given back now (the database is what failed), the retry resumes this
+        # attempt instead of taking the job over as if its worker had died: an outage costs time, not
+        # attempts
+        e.asrq_retry_kwargs = {"resume_attempt": attempt}  # type: ignore[attr-defined]
+        raise
+
+
+def _prepare_held(job_id: uuid.UUID, attempt: int, tenant: str, source_uri: str, filename: str, options: dict,
+                  store: ObjectStore, settings: Settings) -> None:
     with JobLease(job_id, JobState.PREPARING, attempt, settings.reconcile_stale_s,
                   settings.prepare_time_limit_s) as lease:
         plans, duration_s = _decode_and_plan(job_id, tenant, source_uri, filename, options, store, settings)
