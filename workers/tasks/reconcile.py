@@ -161,25 +161,23 @@ def lost_messages(c: Candidates, inv: Inventory | None, stale: datetime) -> tupl
 
 def touch_jobs(s: Session, ids: list[uuid.UUID], states: list[JobState], stale: datetime,
                now: datetime) -> list[uuid.UUID]:
-    if not ids:
-        return []
-    still = (select(Job.id).where(Job.id.in_(ids), Job.state.in_(states), Job.updated_at < stale)
-             .with_for_update(skip_locked=True))
-    res = s.execute(update(Job).where(Job.id.in_(still.scalar_subquery())).values(updated_at=now)
-                    .returning(Job.id).execution_options(synchronize_session=False))
-    out = [r[0] for r in res]
-    s.commit()
-    return out
+    return _touch(s, Job, ids, states, stale, now)
 
 
 def touch_chunks(s: Session, ids: list[uuid.UUID], stale: datetime, now: datetime) -> list[uuid.UUID]:
+    return _touch(s, Chunk, ids, [ChunkState.PENDING, ChunkState.RUNNING], stale, now)
+
+
+def _touch(s: Session, model: type[Job] | type[Chunk], ids: list[uuid.UUID], states: list, stale: datetime,
+           now: datetime) -> list[uuid.UUID]:
+    """Mark as sent now the rows among ``ids`` that are still in ``states`` and still stale, skipping rows
+    another transaction holds; returns the ids to send."""
     if not ids:
         return []
-    still = (select(Chunk.id).where(Chunk.id.in_(ids), Chunk.state.in_([ChunkState.PENDING, ChunkState.RUNNING]),
-                                    Chunk.updated_at < stale)
+    still = (select(model.id).where(model.id.in_(ids), model.state.in_(states), model.updated_at < stale)
              .with_for_update(skip_locked=True))
-    res = s.execute(update(Chunk).where(Chunk.id.in_(still.scalar_subquery())).values(updated_at=now)
-                    .returning(Chunk.id).execution_options(synchronize_session=False))
+    res = s.execute(update(model).where(model.id.in_(still.scalar_subquery())).values(updated_at=now)
+                    .returning(model.id).execution_options(synchronize_session=False))
     out = [r[0] for r in res]
     s.commit()
     return out
