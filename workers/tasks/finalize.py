@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import logging
-import os
-import threading
 import uuid
 from collections import Counter
-from concurrent.futures import ThreadPoolExecutor, wait
+from concurrent.futures import wait
 
 from sqlalchemy import select
 
@@ -21,6 +19,7 @@ from workers.engines.base import Word
 from workers.formats import CONTENT_TYPES, render
 from workers.merge import ChunkResult, MergeOptions, merge
 from workers.lease import JobLease
+from workers.pools import ProcessPool
 from workers.state import begin_finalize, complete_job, requeue_finalize
 from workers.tasks.policy import run_job_step
 from workers.webhooks import enqueue_webhook
@@ -80,18 +79,7 @@ def _write_transcript(job_id: uuid.UUID) -> str | None:
 
 
 # the formats' PUTs go out side by side: a job's transcript costs about one storage round trip, not four
-_put_pool: ThreadPoolExecutor | None = None
-_put_pool_pid = 0
-_put_pool_lock = threading.Lock()
-
-
-def _putter() -> ThreadPoolExecutor:
-    global _put_pool, _put_pool_pid
-    with _put_pool_lock:
-        if _put_pool is None or _put_pool_pid != os.getpid():  # a forked child gets its own threads
-            _put_pool = ThreadPoolExecutor(len(CONTENT_TYPES), thread_name_prefix="asrq-put")
-            _put_pool_pid = os.getpid()
-        return _put_pool
+_PUTS = ProcessPool(len(CONTENT_TYPES), "asrq-put")
 
 
 def put_all(objects: list[tuple[str, bytes, str]]) -> None:
@@ -102,7 +90,7 @@ def put_all(objects: list[tuple[str, bytes, str]]) -> None:
         for key, data, ctype in objects:
             store.put_bytes(key, data, ctype)
         return
-    futures = [_putter().submit(store.put_bytes, key, data, ctype) for key, data, ctype in objects]
+    futures = [_PUTS.get().submit(store.put_bytes, key, data, ctype) for key, data, ctype in objects]
     wait(futures)
     for f in futures:
         if f.exception() is not None:

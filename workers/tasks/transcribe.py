@@ -8,9 +8,7 @@ records every chunk's outcome itself: done, given back and re-sent, or failed wi
 from __future__ import annotations
 
 import logging
-import os
 import socket
-import threading
 import time
 import uuid
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -34,6 +32,7 @@ from workers.dispatch import send_finalize, send_transcribe, try_send
 from workers.engines.base import DecodeOptions, Engine, EngineOutOfMemory
 from workers.engines.registry import get_engine
 from workers.lease import HeldChunks
+from workers.pools import ProcessPool
 from workers.state import (
     ChunkWork,
     claim_chunks,
@@ -186,25 +185,14 @@ def _claim_and_read(batch: list[ChunkWork]) -> tuple[list[ChunkWork], list[np.nd
 # ranged GETs of one batch's chunks run side by side (boto3's client is thread-safe; its pool holds 10
 # connections): a batch's audio arrives in about the time of its slowest read, not of all of them in a row
 READ_THREADS = 8
-_read_pool: ThreadPoolExecutor | None = None
-_read_pool_pid = 0
-_read_pool_lock = threading.Lock()
-
-
-def _reader() -> ThreadPoolExecutor:
-    global _read_pool, _read_pool_pid
-    with _read_pool_lock:
-        if _read_pool is None or _read_pool_pid != os.getpid():  # a forked child gets its own threads
-            _read_pool = ThreadPoolExecutor(READ_THREADS, thread_name_prefix="asrq-read")
-            _read_pool_pid = os.getpid()
-        return _read_pool
+_READS = ProcessPool(READ_THREADS, "asrq-read")
 
 
 def _read_all(work: list[ChunkWork]) -> list[np.ndarray | Exception]:
     """Every chunk's audio, in order; a chunk whose read failed gets its exception in its place."""
     if len(work) <= 1:
         return [_read_one(w) for w in work]
-    return list(_reader().map(_read_one, work))
+    return list(_READS.get().map(_read_one, work))
 
 
 def _filenames(job_ids: set[uuid.UUID]) -> dict[uuid.UUID, str]:
