@@ -68,7 +68,7 @@ def _fmt_clock(t: float) -> str:
               show_default=True, help="folder for <input stem>.<format>")
 @click.option("--engine", default=None, callback=_installed_engine,
               help="an installed engine (built in: whisper, funasr; more from packages that add one)")
-@click.option("--model", default=None, help="model folder or bundled:tiny.en")
+@click.option("--model", default=None, help="model folder, bundled:tiny.en or bundled:base (multilingual)")
 @click.option("--language", default=None)
 @click.option("--timeout", "timeout_s", type=float, default=3600.0, show_default=True)
 def transcribe(files: tuple[Path, ...], fmt: str, out_dir: Path, engine: str | None, model: str | None,
@@ -86,8 +86,12 @@ def transcribe(files: tuple[Path, ...], fmt: str, out_dir: Path, engine: str | N
     from app.storage import get_store
     from workers.dispatch import send_prepare
 
+    from workers.engines.hub import resolve as hub_resolve
+
     settings = get_settings()
-    if model is not None and not model.startswith("bundled:") and (
+    pulled = model is not None and settings.models_dir is not None and not model.startswith(("/", "~", ".")) \
+        and hub_resolve(settings.models_dir, model) is not None  # a hub id (iic/SenseVoiceSmall) someone pulled
+    if model is not None and not model.startswith("bundled:") and not pulled and (
             "/" in model or model.startswith("~") or settings.models_dir is None):
         # a model folder on this machine: jobs name it by absolute path, as a deployment's ASRQ_MODEL does
         # (the API takes only bundled names and folders under ASRQ_MODELS_DIR from clients)
@@ -179,6 +183,11 @@ def api(host: str, port: int, n_workers: int) -> None:
     if not _is_loopback(host) and not _keys_exist(settings):
         raise click.ClickException("refusing to serve without API keys on a non-loopback address; "
                                    "add one with `asrq keys add --tenant NAME` or set ASRQ_API_KEYS")
+    if n_workers > 1:
+        # several API processes: each writes its counters to files that /metrics, in any of them, sums
+        from app.metrics import MULTIPROC_ENV, prepare_multiproc_dir
+
+        os.environ[MULTIPROC_ENV] = str(prepare_multiproc_dir(settings.home / f"prometheus-api-{port}"))
     uvicorn.run("app.api.main:create_app", factory=True, host=host, port=port, workers=n_workers,
                 log_level="info", access_log=False)
 
@@ -212,7 +221,10 @@ def _keys_exist(settings) -> bool:  # noqa: ANN001
 @click.option("--gpus", default=None, help="all | 0,1,... | cpu: one transcribe process per card")
 @click.option("--concurrency", default=None, type=int, help="CPU worker processes (default: cores)")
 @click.option("--beat", is_flag=True, help="also run the reconciler schedule (run exactly one)")
-def worker(queues: str, gpus: str | None, concurrency: int | None, beat: bool) -> None:
+@click.option("--metrics-port", default=None, type=int, help="serve Prometheus /metrics of these workers here")
+@click.option("--metrics-host", default="127.0.0.1", show_default=True, help="address of --metrics-port")
+def worker(queues: str, gpus: str | None, concurrency: int | None, beat: bool, metrics_port: int | None,
+           metrics_host: str) -> None:
     """Run workers: CPU queues (prepare, finalize, maintenance) or transcribe processes pinned to GPUs."""
     from workers.launcher import WorkerSpec, supervise, transcribe_specs
 
@@ -228,6 +240,10 @@ def worker(queues: str, gpus: str | None, concurrency: int | None, beat: bool) -
         warm = {"ASRQ_WARM_VAD": "1"} if "prepare" in names else {}
         specs = [WorkerSpec(f"cpu@{os.uname().nodename}", names, warm, concurrency=concurrency or os.cpu_count() or 1,
                             beat=beat)]
+    if metrics_port is not None:
+        from workers.launcher import serve_metrics
+
+        serve_metrics(specs, settings, metrics_port, metrics_host)
     sys.exit(supervise(specs, settings))
 
 
@@ -287,6 +303,89 @@ def keys_revoke(key_id: str) -> None:
                f"running APIs refuse it within {ttl:g} s")
 
 
+@keys.command("webhook-secret")
+@click.option("--tenant", required=True)
+@click.option("--rotate", is_flag=True, help="replace it: deliveries from now on are signed with the new one")
+def keys_webhook_secret(tenant: str, rotate: bool) -> None:
+    """Print TENANT's webhook signing secret (whsec_..., made on first use) for its receivers to verify
+    the webhook-signature header with (Standard Webhooks)."""
+    from app.db.migrate import upgrade
+    from app.db.session import session_scope
+    from workers.webhooks import rotate_secret, tenant_secret
+
+    upgrade(get_settings().database_url)
+    with session_scope() as s:
+        secret = rotate_secret(s, tenant) if rotate else tenant_secret(s, tenant)
+    click.echo(secret)
+
+
+@cli.group()
+def models() -> None:
+    """Models under ASRQ_MODELS_DIR: pull one by hub name, list what is installed."""
+
+
+def _human_bytes(n: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} GiB"
+
+
+@models.command("pull")
+@click.argument("name")
+@click.option("--hub", type=click.Choice(["ms", "hf"]), default="ms", show_default=True,
+              help="ModelScope (FunASR's default) or Hugging Face; HF_ENDPOINT / MODELSCOPE_ENDPOINT name a mirror")
+@click.option("--revision", default=None, help="branch, tag or commit (default: the hub's main one)")
+@click.option("--force", is_flag=True, help="download again and replace what is installed")
+def models_pull(name: str, hub: str, revision: str | None, force: bool) -> None:
+    """Download the FunASR model NAME (paraformer-zh, ct-punc, iic/SenseVoiceSmall, ...) into
+    ASRQ_MODELS_DIR, once. Jobs then name it by NAME, its hub id or its folder; workers never download."""
+    from workers.engines.hub import PullError, pull
+
+    _setup_logging("WARNING")
+    models_dir = get_settings().models_dir
+    if models_dir is None:
+        raise click.ClickException("set ASRQ_MODELS_DIR to the models folder the API and the workers read")
+    try:
+        got = pull(name, models_dir, hub, revision, force)
+    except PullError as e:
+        raise click.ClickException(str(e)) from e
+    verb = "already installed" if got.already else "installed"
+    click.echo(f"{got.model_id} {verb} in {got.folder} ({_human_bytes(got.size_bytes)}); "
+               f"jobs name it: {', '.join([*got.names, got.folder.name])}")
+
+
+@models.command("list")
+@click.option("--json", "as_json", is_flag=True, help="one JSON document")
+def models_list(as_json: bool) -> None:
+    """Installed models of every engine, as jobs name them, with their size and where they came from."""
+    from workers.engines.hub import folder_size_bytes, read_manifest
+    from workers.engines.registry import engine_names, installed_models, model_location
+
+    settings = get_settings()
+    rows = []
+    for engine in engine_names():
+        for name in installed_models(engine, settings):
+            folder = model_location(engine, name, settings.models_dir)
+            doc = read_manifest(folder) if folder is not None else None
+            rows.append({"engine": engine, "model": name, "size_bytes": folder_size_bytes(folder) if folder else 0,
+                         "hub_id": (doc or {}).get("model_id"), "hub": (doc or {}).get("hub"),
+                         "names": (doc or {}).get("names", []), "path": str(folder)})
+    if as_json:
+        click.echo(json.dumps({"models_dir": str(settings.models_dir) if settings.models_dir else None,
+                               "models": rows}, indent=2, ensure_ascii=False))
+        return
+    table = [("ENGINE", "MODEL", "SIZE", "HUB ID")] + [
+        (r["engine"], r["model"], _human_bytes(r["size_bytes"]), f"{r['hub']}:{r['hub_id']}" if r["hub_id"] else "-")
+        for r in rows]
+    widths = [max(len(r[i]) for r in table) for i in range(4)]
+    for row in table:
+        click.echo("  ".join(v.ljust(w) for v, w in zip(row, widths)).rstrip())
+    if settings.models_dir is None:
+        click.echo("(ASRQ_MODELS_DIR is not set: only bundled models and ASRQ_MODEL)", err=True)
+
+
 def _iso(t) -> str:  # noqa: ANN001
     return t.isoformat(timespec="seconds") if t is not None else ""
 
@@ -337,33 +436,138 @@ def _list_s3(prefix_uri: str) -> list[str]:
 @click.option("--model", default=None)
 @click.option("--language", default=None)
 @click.option("--hotword", "hotwords", multiple=True)
+@click.option("--hotwords-file", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
+              help="UTF-8 text file, one hotword per line (up to 1,000), after any --hotword")
+@click.option("--priority", type=click.Choice(["low", "normal", "high"]), default=None,
+              help="order among this tenant's own jobs (fair share between tenants comes first)")
 def submit(sources: tuple[str, ...], wait: bool, engine: str | None, model: str | None, language: str | None,
-           hotwords: tuple[str, ...]) -> None:
+           hotwords: tuple[str, ...], hotwords_file: Path | None, priority: str | None) -> None:
     """Submit FILE, DIR or s3://bucket/prefix/ to the API; prints one job ID per line."""
     from tqdm import tqdm
 
+    from app.schemas import parse_hotwords_text
+
+    words = list(hotwords)
+    if hotwords_file is not None:
+        # read here and sent as the hotwords list: the same for uploads and URI batches
+        try:
+            words += parse_hotwords_text(hotwords_file.read_bytes(), str(hotwords_file))
+        except ValueError as e:
+            raise click.ClickException(str(e)) from e
     options = {k: v for k, v in {"engine": engine, "model": model, "language": language,
-                                 "hotwords": list(hotwords)}.items() if v}
+                                 "hotwords": words, "priority": priority}.items() if v}
     files, uris = _expand(sources)
     if not files and not uris:
         raise click.ClickException("nothing to submit")
+    # an upload's form field splits hotwords on commas; inside the form's options JSON they stay whole
+    upload_options = ({**{k: v for k, v in options.items() if k != "hotwords"},
+                       "options": json.dumps({"hotwords": words}, ensure_ascii=False)} if words else options)
     ids: list[str] = []
     with _client() as c:
         for path in tqdm(files, desc="upload", unit="file", disable=len(files) < 2, file=sys.stderr):
-            ids.append(c.submit_file(path, options)["id"])
+            ids.append(c.submit_file(path, upload_options)["id"])
         for i in range(0, len(uris), 10_000):
             ids += c.submit_batch(uris[i : i + 10_000], options)
         for jid in ids:
             click.echo(jid)
         if wait:
-            bar = tqdm(total=len(ids), desc="jobs", unit="job", file=sys.stderr)
-            done = c.wait(ids, on_progress=lambda n: bar.update(n - bar.n))
-            bar.close()
+            done = _wait_with_bar(c, ids)
             failed = [j for j in done.values() if j["state"] != "COMPLETED"]
             for j in failed:
                 click.echo(f"{j['id']} {j['state']}: {j.get('error')}", err=True)
             if failed:
                 sys.exit(1)
+
+
+STATE_ORDER = ("QUEUED", "PREPARING", "TRANSCRIBING", "FINALIZING", "COMPLETED", "FAILED", "CANCELLED")
+
+
+def _wait_with_bar(c, ids: list[str]) -> dict[str, dict]:  # noqa: ANN001
+    """One progress bar over every job: finished of total, the ETA tqdm draws from the finishing rate, and
+    the count in each state, from one bulk status request per poll."""
+    from tqdm import tqdm
+
+    poll_s = min(5.0, max(0.5, len(ids) / 2000))  # thousands of jobs: no point polling twice a second
+    with tqdm(total=len(ids), desc="jobs", unit="job", file=sys.stderr, dynamic_ncols=True) as bar:
+        def progress(finished: int, counts: dict[str, int]) -> None:
+            bar.set_postfix_str(" ".join(f"{st.lower()}={counts[st]}" for st in
+                                         [*STATE_ORDER, *sorted(set(counts) - set(STATE_ORDER))] if counts.get(st)),
+                                refresh=False)
+            bar.update(finished - bar.n)
+
+        return c.wait(ids, timeout_s=float("inf"), poll_s=poll_s, on_progress=progress)
+
+
+def _since(value: str | None) -> str | None:
+    """--since: an ISO date or time (UTC unless it says), or an age such as 30m, 12h, 7d."""
+    if value is None:
+        return None
+    import re
+    from datetime import datetime, timedelta, timezone
+
+    m = re.fullmatch(r"(\d+(?:\.\d+)?)([smhdw])", value.strip())
+    if m:
+        unit = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}[m.group(2)]
+        return (datetime.now(timezone.utc) - timedelta(**{unit: float(m.group(1))})).isoformat()
+    try:
+        return datetime.fromisoformat(value).isoformat()
+    except ValueError as e:
+        raise click.BadParameter(f"{value!r}: expected an ISO date/time or an age like 30m, 12h, 7d") from e
+
+
+@cli.command("jobs")
+@click.option("--state", type=click.Choice(STATE_ORDER, case_sensitive=False), default=None)
+@click.option("--since", "since", default=None, help="created since: ISO date/time (UTC) or an age: 30m, 12h, 7d")
+@click.option("--filename", default=None, help="part of the file name (case-insensitive; * matches anything)")
+@click.option("--batch", default=None, help="the batch_id a batch submit returned")
+@click.option("--limit", default=100, type=int, show_default=True, help="at most this many (0: all)")
+@click.option("--json", "as_json", is_flag=True, help="one JSON object per line")
+def jobs_cmd(state: str | None, since: str | None, filename: str | None, batch: str | None, limit: int,
+             as_json: bool) -> None:
+    """List jobs, newest first."""
+    with _client() as c:
+        rows = c.jobs(state=state.upper() if state else None, since=_since(since), filename=filename, batch=batch,
+                      limit=limit or None)
+        if as_json:
+            for j in rows:
+                click.echo(json.dumps(j))
+            return
+        header = ("ID", "STATE", "CREATED", "AUDIO_S", "CHUNKS", "FILENAME")
+        table = [header]
+        for j in rows:
+            p = j["progress"]
+            table.append((j["id"], j["state"], j["timings"]["created_at"][:19],
+                          f"{j['duration_s']:.1f}" if j.get("duration_s") is not None else "-",
+                          f"{p['chunks_done']}/{p['chunks_total'] if p['chunks_total'] is not None else '?'}",
+                          j["filename"]))
+    widths = [max(len(r[i]) for r in table) for i in range(len(header))]
+    for row in table:
+        click.echo("  ".join(v.ljust(w) for v, w in zip(row, widths)).rstrip())
+
+
+@cli.command("usage")
+@click.option("--from", "start", default=None, help="first day, YYYY-MM-DD (UTC); default: 30 days ago")
+@click.option("--to", "end", default=None, help="last day, YYYY-MM-DD (UTC); default: today")
+@click.option("--json", "as_json", is_flag=True)
+def usage_cmd(start: str | None, end: str | None, as_json: bool) -> None:
+    """Usage of the API key's tenant per UTC day: jobs and audio submitted and transcribed, engine seconds."""
+    with _client() as c:
+        u = c.usage(start, end)
+    if as_json:
+        click.echo(json.dumps(u, indent=2))
+        return
+    cols = ("jobs_submitted", "audio_submitted_s", "jobs_completed", "audio_transcribed_s", "engine_s")
+    header = ("DAY", "SUBMITTED", "AUDIO_IN_S", "COMPLETED", "AUDIO_DONE_S", "ENGINE_S")
+    table = [header] + [(str(d["day"]), *(_num(d[k]) for k in cols)) for d in u["days"]]
+    table.append(("total", *(_num(u["total"][k]) for k in cols)))
+    widths = [max(len(r[i]) for r in table) for i in range(len(header))]
+    click.echo(f"tenant {u['tenant']}, {u['from']} to {u['to']} (UTC)")
+    for row in table:
+        click.echo("  ".join(v.rjust(w) if i else v.ljust(w) for i, (v, w) in enumerate(zip(row, widths))))
+
+
+def _num(v: float | int) -> str:
+    return str(v) if isinstance(v, int) else f"{v:.1f}"
 
 
 @cli.command()

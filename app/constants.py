@@ -10,12 +10,17 @@ QUEUE_FINALIZE = "finalize"
 QUEUE_MAINTENANCE = "maintenance"
 ALL_QUEUES = (QUEUE_PREPARE, QUEUE_TRANSCRIBE, QUEUE_FINALIZE, QUEUE_MAINTENANCE)
 CPU_QUEUES = (QUEUE_PREPARE, QUEUE_FINALIZE, QUEUE_MAINTENANCE)
+# broker priority levels (Redis: one list per level, "<queue>\x06\x16<level>" for levels above 0; level 0,
+# the queue's own list, is served first). workers/fair_share.py decides each message's level
+PRIORITY_STEPS = tuple(range(10))
 
 TASK_PREPARE = "asrq.prepare"
 TASK_TRANSCRIBE = "asrq.transcribe"
 TASK_FINALIZE = "asrq.finalize"
 TASK_RECONCILE = "asrq.reconcile"
 TASK_WEBHOOK = "asrq.webhook"
+TASK_WEBHOOK_SWEEP = "asrq.webhook_sweep"
+TASK_MAINTENANCE = "asrq.maintenance"  # retention: decoded audio, sources, expired jobs
 
 TRANSCRIPT_FORMATS = ("json", "srt", "vtt", "txt")
 

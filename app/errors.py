@@ -31,3 +31,8 @@ class ModelNotInstalled(BadSource):
     """At submission: the job names a model this deployment does not have. A BadSource, so the API answers
     422 like any other request naming something that cannot be processed; the message lists what is
     installed (workers.engines.registry.missing_model_reason)."""
+
+
+class TooManyQueued(AsrqError):
+    """At submission: the tenant already has ASRQ_MAX_QUEUED_JOBS_PER_TENANT jobs unfinished. The API
+    answers 429 with Retry-After; nothing was stored."""

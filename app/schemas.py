@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+import uuid
+from datetime import date, datetime
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -10,6 +11,39 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from app.constants import TRANSCRIPT_FORMATS
 
 Format = Literal["json", "srt", "vtt", "txt"]
+
+MAX_HOTWORDS = 1000  # per job, after the deployment's default list is merged in (app/jobs.py)
+HOTWORD_MAX_CHARS = 64
+# a hotwords text file (upload, --hotwords-file, ASRQ_HOTWORDS_FILE): 1,000 lines of 64 CJK characters
+# (3 bytes each in UTF-8) fit with room to spare
+MAX_HOTWORDS_FILE_BYTES = 256 * 1024
+
+
+def check_hotword(w: str) -> str:
+    w = w.strip()
+    if not w or len(w) > HOTWORD_MAX_CHARS or not w.isprintable():
+        raise ValueError(f"hotwords must be 1-{HOTWORD_MAX_CHARS} printable characters each; got {w[:80]!r}")
+    return w
+
+
+def parse_hotwords_text(data: bytes, what: str = "hotwords file") -> list[str]:
+    """A hotwords text file -> its entries: UTF-8, one per line, blank lines skipped. ValueError says why not."""
+    if len(data) > MAX_HOTWORDS_FILE_BYTES:
+        raise ValueError(f"{what} is {len(data)} bytes; at most {MAX_HOTWORDS_FILE_BYTES} are accepted")
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{what} is not UTF-8 text (byte {e.start})") from e
+    words = []
+    for n, line in enumerate(text.splitlines(), 1):
+        if line.strip():
+            try:
+                words.append(check_hotword(line))
+            except ValueError as e:
+                raise ValueError(f"{what} line {n}: {e}") from e
+    if len(words) > MAX_HOTWORDS:
+        raise ValueError(f"{what} has {len(words)} hotwords; at most {MAX_HOTWORDS} are accepted")
+    return words
 
 
 class JobOptions(BaseModel):
@@ -21,19 +55,20 @@ class JobOptions(BaseModel):
     engine: str | None = Field(None, max_length=32, pattern=r"^[a-z][a-z0-9_-]*$")
     model: str | None = Field(None, max_length=255)
     language: str | None = Field(None, max_length=16, pattern=r"^[A-Za-z]{2,3}([-_][A-Za-z0-9]{2,8})?$")
-    hotwords: list[str] = Field(default_factory=list, max_length=100)
+    hotwords: list[str] = Field(default_factory=list, max_length=MAX_HOTWORDS)
     formats: list[Format] = Field(default_factory=lambda: list(TRANSCRIPT_FORMATS))
+    # fair share (workers/fair_share.py): within a tenant's standing, high goes before normal before low
+    priority: Literal["low", "normal", "high"] = "normal"
+    # a CT-Transformer folder under ASRQ_MODELS_DIR, or "none"; None: the deployment's default for the
+    # engine (ASRQ_PUNC_MODEL; none for engines that punctuate themselves). Checked at submission (422)
+    punc_model: str | None = Field(None, min_length=1, max_length=255)
+    # numbers, dates, money, percentages written as digits; None: on for Mandarin (zh) only
+    itn: bool | None = None
 
     @field_validator("hotwords")
     @classmethod
     def _clean_hotwords(cls, v: list[str]) -> list[str]:
-        out = []
-        for w in v:
-            w = w.strip()
-            if not w or len(w) > 64 or any(ord(c) < 32 for c in w):
-                raise ValueError("hotwords must be 1-64 printable characters each")
-            out.append(w)
-        return out
+        return list(dict.fromkeys(check_hotword(w) for w in v))
 
     @field_validator("engine")
     @classmethod
@@ -42,6 +77,14 @@ class JobOptions(BaseModel):
 
         if v is not None and (reason := unknown_engine_reason(v)) is not None:
             raise ValueError(reason)
+        return v
+
+    @field_validator("punc_model")
+    @classmethod
+    def _safe_punc_model(cls, v: str | None) -> str | None:
+        # like model: a folder the operator installed, never an arbitrary path
+        if v is not None and (v.startswith(("/", "~")) or ".." in v.split("/") or not v.isprintable()):
+            raise ValueError("punc_model must be 'none' or a folder name under the models directory")
         return v
 
     @field_validator("model")
@@ -93,6 +136,7 @@ class JobOut(BaseModel):
     error: str | None
     timings: Timings
     webhook_url: str | None = None
+    batch_id: str | None = None  # the batch submit that created it
 
 
 class JobList(BaseModel):
@@ -103,3 +147,53 @@ class JobList(BaseModel):
 class BatchOut(BaseModel):
     job_ids: list[str]
     count: int
+    batch_id: str | None = None  # follow the batch with GET /v1/jobs?batch=
+
+
+# ---- bulk status and usage (issue 12) ----------------------------------------------------------------------------
+
+class StatusQuery(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    # the route refuses more than ASRQ_MAX_BATCH_JOBS (413), as a batch submit does
+    ids: list[uuid.UUID] = Field(..., min_length=1)
+    full: bool = False  # whole job records (as GET /v1/jobs/{id}) instead of the status fields
+
+
+class JobStatusOut(BaseModel):
+    id: str
+    state: str
+    progress: Progress
+    error: str | None
+    finished_at: datetime | None
+
+
+class StatusOut(BaseModel):
+    jobs: list[JobStatusOut | JobOut]
+    not_found: list[str]  # unknown ids and other tenants' jobs alike
+    counts: dict[str, int]  # jobs found, by state
+
+
+class UsageDayOut(BaseModel):
+    day: date
+    jobs_submitted: int
+    audio_submitted_s: float
+    jobs_completed: int
+    audio_transcribed_s: float
+    engine_s: float
+
+
+class UsageTotalOut(BaseModel):
+    jobs_submitted: int
+    audio_submitted_s: float
+    jobs_completed: int
+    audio_transcribed_s: float
+    engine_s: float
+
+
+class UsageOut(BaseModel):
+    tenant: str
+    start: date = Field(..., serialization_alias="from")
+    end: date = Field(..., serialization_alias="to")
+    days: list[UsageDayOut]
+    total: UsageTotalOut

@@ -7,6 +7,8 @@ a local folder for objects and the bundled offline Whisper model, all under ``AS
 from __future__ import annotations
 
 import functools
+import logging
+import math
 import re
 from pathlib import Path
 from typing import NamedTuple
@@ -25,6 +27,22 @@ class S3SourceRule(NamedTuple):
 
 
 @functools.lru_cache(maxsize=16)
+@functools.lru_cache(maxsize=8)
+def parse_tenant_weights(value: str) -> dict[str, float]:
+    """ "acme=2,globex=0.5" -> {"acme": 2.0, "globex": 0.5}; weights must be positive."""
+    out: dict[str, float] = {}
+    for item in filter(None, (x.strip() for x in value.split(","))):
+        tenant, sep, weight = item.partition("=")
+        try:
+            w = float(weight)
+        except ValueError:
+            w = -1.0
+        if not sep or not tenant.strip() or not (w > 0 and math.isfinite(w)):
+            raise ValueError(f"ASRQ_TENANT_WEIGHTS: {item!r} is not tenant=positive weight")
+        out[tenant.strip()] = w
+    return out
+
+
 def parse_s3_source_allow(value: str) -> tuple[S3SourceRule, ...]:
     """ASRQ_S3_SOURCE_ALLOW -> rules; raises ValueError naming the entry it cannot read."""
     rules = []
@@ -44,6 +62,18 @@ def parse_s3_source_allow(value: str) -> tuple[S3SourceRule, ...]:
     return tuple(rules)
 
 
+@functools.lru_cache(maxsize=4)
+def _hotwords_file(path: str, _mtime_ns: int) -> tuple[str, ...]:
+    from app.schemas import parse_hotwords_text
+
+    return tuple(parse_hotwords_text(Path(path).read_bytes(), f"ASRQ_HOTWORDS_FILE {path}"))
+
+
+def read_hotwords_file(path: Path) -> tuple[str, ...]:
+    """The entries of a hotwords file, read again only when it changes; OSError/ValueError say why not."""
+    return _hotwords_file(str(path), path.stat().st_mtime_ns)
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="ASRQ_", extra="ignore")
 
@@ -58,6 +88,9 @@ class Settings(BaseSettings):
     engine: str = "whisper"
     model: str = BUNDLED_WHISPER
     models_dir: Path | None = None  # where FunASR model folders live, for jobs naming a model by folder name
+    # punctuation for jobs that name none (workers/punctuation.py): a FunASR CT-Transformer folder (a name
+    # under ASRQ_MODELS_DIR, or a path), or "none". Engines that punctuate themselves (whisper) never get one
+    punc_model: str = Field("none", min_length=1)
     device: str = "cpu"  # "cpu", "cuda" (the worker's pinned card is always cuda:0 of its own view)
     fp16: bool = True  # on GPU only
     cpu_threads: int = Field(0, ge=0)  # threads the engine uses on CPU in all; 0: every core this process may use
@@ -95,14 +128,32 @@ class Settings(BaseSettings):
     # a transcribe task that holds its chunks longer than this is hung: its heartbeat stops
     transcribe_time_limit_s: float = Field(1800.0, gt=0)
     # measured on 2 CPU cores: prepare of a 24-minute recording 6.9 s (about 175 s for 10 hours),
-    # finalize under 0.1 s; the limits leave ten times that
+    # finalize under 0.1 s; the limits leave ten times that. Punctuation and ITN run in finalize, on the
+    # whole text: measured on the same 2 cores, a ct-punc-sized CT-Transformer 0.7-0.9 ms and zh ITN up
+    # to 0.7 ms a character (only clauses with a numeral go through it; 3-4x both on a busy box), so 10
+    # hours of Mandarin (~150,000 characters) take minutes: finalize gets the prepare limit
     prepare_time_limit_s: float = Field(1800.0, gt=0)
-    finalize_time_limit_s: float = Field(300.0, gt=0)
+    finalize_time_limit_s: float = Field(1800.0, gt=0)
     # how long Redis keeps a message delivered to a worker before handing it to another: it bounds the
     # wait of work whose worker died before taking it. A twin of a still-running task is harmless
     # (leases and claims make it a no-op), so this need not exceed the longest task.
     visibility_timeout_s: float = Field(1800.0, gt=0)
     retry_backoff_max_s: float = 300.0
+
+    # deployment-wide hotwords: a UTF-8 text file, one per line (at most 1,000), added after each job's own
+    # (deduplicated, capped at 1,000) on models that take hotwords (workers/engines/hotwords.py)
+    hotwords_file: Path | None = None
+
+    # fair share between tenants (workers/fair_share.py). A tenant's standing is its recent usage (audio
+    # seconds, halved every half-life) plus its audio in flight, per unit of weight; standings below
+    # step_s share the top tier, then one tier per factor 10. A job not yet decoded counts nominal_job_s.
+    fair_share_step_s: float = Field(600.0, gt=0)
+    fair_share_half_life_s: float = Field(3600.0, gt=0)
+    fair_share_nominal_job_s: float = Field(60.0, gt=0)
+    # comma-separated "tenant=weight" (default 1): a weight of 2 gets twice the share of a weight of 1
+    tenant_weights: str = ""
+    # a tenant's jobs not yet finished, beyond which a submission gets 429 (0: no cap)
+    max_queued_jobs_per_tenant: int = Field(100_000, ge=0)
 
     # API
     api_keys: str = ""  # comma-separated "tenant:secret" (or "secret" for tenant "default")
@@ -127,8 +178,30 @@ class Settings(BaseSettings):
     # each phase (connect, send, response headers) of the one POST a delivery try makes: a slow receiver
     # holds a maintenance worker for a few times this, not more
     webhook_timeout_s: float = Field(5.0, gt=0)
-    webhook_max_tries: int = Field(6, ge=1)  # 5 s doubling, jittered: the last try 1.5-2.5 minutes after the first
-    webhook_backoff_max_s: float = Field(300.0, gt=0)
+    # job-end webhooks (workers/webhooks.py): the wait before each retry, jittered +-20% (Standard
+    # Webhooks' schedule: a receiver down for a day still gets the event), the last wait repeated up to
+    # the try limit; then the delivery is failed
+    webhook_retry_schedule_s: str = "5,300,1800,7200,18000,36000"
+    webhook_max_tries: int = Field(8, ge=1)  # the last try 27-33 hours after the first
+    # how often the maintenance beat sends the deliveries that are due, and how many per run
+    webhook_sweep_interval_s: float = Field(5.0, gt=0)
+    webhook_sweep_batch: int = Field(500, ge=1)
+    # Prometheus: how long the API's /metrics reuses its reading of job states and queue depths
+    metrics_cache_s: float = Field(5.0, ge=0)
+    # bearer token the API's /metrics asks for; unset: /metrics answers loopback clients only
+    metrics_token: str = ""
+
+    # retention (workers/tasks/maintenance.py). A finished job's decoded PCM is removed at once; an
+    # uploaded source is kept this many days after the job finished (to re-run it), and the
+    # transcript and the job's rows this many days, after which nothing of the job remains but its
+    # tenant's daily usage totals
+    source_retention_days: float = Field(7.0, gt=0)
+    retention_days: float = Field(30.0, gt=0)
+    maintenance_interval_s: float = Field(60.0, gt=0)
+    # jobs one maintenance transaction handles: each batch is short, so a killed run loses little and a
+    # backlog of expired jobs is worked off in steps that never hold locks for long
+    maintenance_batch_jobs: int = Field(500, ge=1)
+    maintenance_max_batches: int = Field(40, ge=1)  # per run; the next run takes the rest
 
     @model_validator(mode="after")
     def _embedded_defaults(self) -> "Settings":
@@ -175,11 +248,55 @@ class Settings(BaseSettings):
             raise ValueError("ASRQ_STORAGE_URL s3:// needs a bucket name")
         return v
 
+    @field_validator("webhook_retry_schedule_s")
+    @classmethod
+    def _check_webhook_schedule(cls, v: str) -> str:
+        try:
+            delays = [float(x) for x in v.split(",") if x.strip()]
+        except ValueError as e:
+            raise ValueError("ASRQ_WEBHOOK_RETRY_SCHEDULE_S: comma-separated seconds, e.g. 5,300,1800") from e
+        if not delays or any(d < 0 for d in delays):
+            raise ValueError("ASRQ_WEBHOOK_RETRY_SCHEDULE_S: at least one delay, none negative")
+        return v
+
+    def webhook_retry_delays_s(self) -> list[float]:
+        return [float(x) for x in self.webhook_retry_schedule_s.split(",") if x.strip()]
+
+    @field_validator("tenant_weights")
+    @classmethod
+    def _check_tenant_weights(cls, v: str) -> str:
+        parse_tenant_weights(v)
+        return v
+
+    def tenant_weight(self, tenant: str) -> float:
+        return parse_tenant_weights(self.tenant_weights).get(tenant, 1.0)
+
     @field_validator("s3_source_allow")
     @classmethod
     def _check_s3_source_allow(cls, v: str) -> str:
         parse_s3_source_allow(v)
         return v
+
+    @field_validator("hotwords_file")
+    @classmethod
+    def _check_hotwords_file(cls, v: Path | None) -> Path | None:
+        if v is not None:
+            v = v.expanduser()
+            try:
+                read_hotwords_file(v)
+            except OSError as e:
+                raise ValueError(f"ASRQ_HOTWORDS_FILE {v}: {e.strerror or e}") from e
+        return v
+
+    def default_hotwords(self) -> tuple[str, ...]:
+        if self.hotwords_file is None:
+            return ()
+        try:
+            return read_hotwords_file(self.hotwords_file)
+        except (OSError, ValueError) as e:
+            # it was valid at start-up: jobs keep flowing, without the defaults, rather than all failing
+            logging.getLogger("asrq.settings").warning("ASRQ_HOTWORDS_FILE unusable now, not applied: %s", e)
+            return ()
 
     def s3_source_rules(self) -> tuple[S3SourceRule, ...]:
         return parse_s3_source_allow(self.s3_source_allow)

@@ -44,9 +44,10 @@ class CeilingSpec:
     reel_s: float = 900.0  # the real-speech recording the short clips are cut from
     seed: int = 20251202
     version: int = 1  # bump when the generator changes
+    fair_a_jobs: int = 1000  # fair share: tenant A's backlog, before tenant B's one job
 
 
-QUICK = CeilingSpec("quick", 150, 20, 150, 40, (120.0, 120.0), reel_s=300.0)
+QUICK = CeilingSpec("quick", 150, 20, 150, 40, (120.0, 120.0), reel_s=300.0, fair_a_jobs=150)
 FULL = CeilingSpec("full", 1000, 100, 2000, 400, (600.0,) * 20)
 
 
@@ -221,6 +222,36 @@ def phase(b, label: str, clips: list[Clip], n_jobs: int, timeout_s: float, log=p
     return out
 
 
+def fairness(b, clips: list[Clip], n_a: int, timeout_s: float, log=print) -> dict:  # noqa: ANN001
+    """Tenant A submits ``n_a`` 10 s jobs in one batch; half a second later tenant B submits one. Latencies
+    from each submission to COMPLETED (finished_at), and how many of A's jobs were done when B's was."""
+    from app.client import AsrqClient
+    from bench import stack
+
+    log(f"fair share: tenant A submits {n_a} jobs, then tenant B one")
+    t_a = time.time()
+    with b.client() as c:
+        a_ids = c.submit_batch([b.uri(clips[i % len(clips)].name) for i in range(n_a)])
+    time.sleep(0.5)
+    t_b = time.time()
+    with AsrqClient(b.stack.api_url, "other-" + b.stack.api_key) as other:
+        b_id = other.submit_uri(b.uri(clips[0].name))["id"]
+    stack.wait_terminal(b, a_ids + [b_id], timeout_s)
+    rows = b.rows("SELECT id::text, state, extract(epoch FROM finished_at) FROM jobs "
+                  "WHERE id = ANY(CAST(:ids AS uuid[]))", ids=a_ids + [b_id])
+    fin = {r[0]: (r[1], float(r[2]) if r[2] is not None else None) for r in rows}
+    b_done = fin[b_id][1]
+    a_done = sorted(t for jid, (st, t) in fin.items() if jid != b_id and t is not None)
+    out = {"a_jobs": n_a, "b_latency_s": (b_done - t_b) if b_done else None,
+           "a_median_latency_s": (a_done[len(a_done) // 2] - t_a) if a_done else None,
+           "a_last_latency_s": (a_done[-1] - t_a) if a_done else None,
+           "a_done_when_b_done": sum(1 for t in a_done if b_done is not None and t <= b_done),
+           "n_failed": sum(1 for st, _ in fin.values() if st != "COMPLETED")}
+    log(f"fair share: B's job {out['b_latency_s']:.1f} s; A's median {out['a_median_latency_s']:.1f} s, last "
+        f"{out['a_last_latency_s']:.1f} s; A's jobs done when B's was: {out['a_done_when_b_done']} of {n_a}")
+    return out
+
+
 def transcribe_idle(b, ids: list[str], t_submit: float) -> dict:  # noqa: ANN001
     """The transcribe worker between batches, from the batches table: a batch row is written right after
     its inference, so the engine ran over [created_at - infer_s, created_at]; everything between one such
@@ -298,6 +329,8 @@ def run(quick: bool, log=print) -> dict:  # noqa: ANN001
                                ("long recordings", "long", len(clips["long"]))):
             audio = sum(clips[kind][i % len(clips[kind])].duration_s for i in range(n))
             out["phases"][kind] = phase(b, label, clips[kind], n, timeout_s=max(600.0, audio), log=log)
+        out["fairness"] = fairness(b, clips["ten"], spec.fair_a_jobs, timeout_s=max(600.0, spec.fair_a_jobs * 2.0),
+                                   log=log)
     return out
 
 
@@ -325,7 +358,15 @@ def checks(c: dict | None) -> list:
     others = ", ".join(f"{n} {v / t['jobs'] * 1000:.0f}" for n, v in t["cpu_s"].items()
                        if n not in ("API", "prepare/finalize worker", "transcribe worker"))
     fail = f"; {t['n_failed']} jobs FAILED" if t["n_failed"] else ""
-    return [
+    fair = []
+    if (f := c.get("fairness")) and f.get("b_latency_s") is not None:
+        # "within a few batches while A's backlog is still draining": B done before a tenth of A's jobs
+        fair = [Check(f"fair share: tenant B's one job completes while tenant A's {f['a_jobs']} still drain",
+                      f["a_done_when_b_done"] <= f["a_jobs"] // 10 and not f["n_failed"],
+                      f"B's job {f['b_latency_s']:.1f} s after its submission, when {f['a_done_when_b_done']} of "
+                      f"A's {f['a_jobs']} were done; A's median {f['a_median_latency_s']:.1f} s, last "
+                      f"{f['a_last_latency_s']:.1f} s{shared}")]
+    return fair + [
         Check(name_rate, t["jobs_per_s"] >= TARGET_JOBS_PER_S and not t["n_failed"],
               f"{t['jobs_per_s']:.1f} jobs/s ({t['audio_s_per_s']:.0f} audio-s/s), {t['jobs']} jobs in "
               f"{t['wall_s']:.1f} s{fail}{shared}"),

@@ -23,6 +23,8 @@ MINIO_ROOT_USER=asrq
 MINIO_ROOT_PASSWORD=$(rand 24)
 ASRQ_API_KEYS=ops:asrq_$(rand 32)
 FLOWER_BASIC_AUTH=admin:$(rand 16)
+ASRQ_METRICS_TOKEN=$(rand 24)
+GRAFANA_ADMIN_PASSWORD=$(rand 16)
 # API_PUBLISH_ADDRESS=0.0.0.0   # publish the API on every interface (default: 127.0.0.1)
 ENV
 echo "wrote $dest; the API key for tenant 'ops' is in ASRQ_API_KEYS" >&2

@@ -3,12 +3,10 @@ for the card, on real Postgres and SQLite; the CUDA sizing path on CPU with the 
 
 from __future__ import annotations
 
-import os
 import threading
 import time
 import uuid
 from contextlib import contextmanager
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -468,10 +466,7 @@ def test_language_detection_is_one_batched_call(monkeypatch):
     assert e.detect_languages(audios) == ["de", "en", "de"]
 
 
-MULTILINGUAL = os.environ.get("ASRQ_TEST_WHISPER_MULTILINGUAL")  # a multilingual CTranslate2 Whisper folder
-
-
-@pytest.mark.skipif(not MULTILINGUAL, reason="set ASRQ_TEST_WHISPER_MULTILINGUAL to a multilingual Whisper model")
+@pytest.mark.slow
 @pytest.mark.parametrize("decoders", [1, 2])
 def test_batched_language_detection_equals_faster_whispers_own(decoders):
     from tests.audio_fixtures import load_clip
@@ -481,7 +476,7 @@ def test_batched_language_detection_equals_faster_whispers_own(decoders):
     names = ["en_jfk_ask_not_11s.flac", "zh_funasr_binhai_6s.wav", "en_sr_one_two_three.wav",
              "zh_aishell1_BAC009S0724W0121.wav"]
     audios = [load_clip(AUDIO / n) for n in names]
-    e = WhisperEngine(EngineSpec("whisper", str(Path(MULTILINGUAL))), "cpu", cpu_threads=2, cpu_decoders=decoders)
+    e = WhisperEngine(EngineSpec("whisper", "bundled:base"), "cpu", cpu_threads=2, cpu_decoders=decoders)
     assert e.detect_languages(audios) == [e.model.detect_language(a)[0] for a in audios] == ["en", "zh", "en", "zh"]
 
 

@@ -67,20 +67,20 @@ def models_dir(tmp_path, monkeypatch):
 def test_installed_models_and_checks(models_dir):
     from workers.engines.registry import installed_models, missing_model_reason, model_installed
 
-    assert installed_models("whisper") == ["bundled:tiny.en", "tiny-whisper"]
+    assert installed_models("whisper") == ["bundled:tiny.en", "bundled:base", "tiny-whisper"]
     assert installed_models("funasr") == ["tiny-paraformer"]
     for model in ("bundled:tiny.en", "tiny-whisper", str(models_dir / "tiny-whisper"), str(_bundled())):
         assert model_installed("whisper", model), model
     for model in ("tiny-paraformer", str(models_dir / "tiny-paraformer")):
         assert model_installed("funasr", model), model
-    for engine, model in [("whisper", "bundled:base"), ("whisper", "base"), ("whisper", "notes"),
+    for engine, model in [("whisper", "bundled:medium"), ("whisper", "base"), ("whisper", "notes"),
                           ("whisper", "tiny-paraformer"), ("funasr", "paraformer-zh"), ("funasr", "tiny-whisper"),
                           ("funasr", "bundled:tiny.en"), ("funasr", "/nonexistent/paraformer"), ("kaldi", "x")]:
         assert not model_installed(engine, model), (engine, model)
     assert missing_model_reason("whisper", "bundled:tiny.en") is None
     reason = missing_model_reason("funasr", "paraformer-zh")
     assert "'paraformer-zh'" in reason and "installed: tiny-paraformer" in reason, reason
-    assert "installed: bundled:tiny.en, tiny-whisper" in missing_model_reason("whisper", "bundled:base")
+    assert "installed: bundled:tiny.en, bundled:base, tiny-whisper" in missing_model_reason("whisper", "bundled:medium")
 
 
 def test_deployment_default_folder_is_listed(models_dir, monkeypatch):
@@ -95,7 +95,7 @@ def test_deployment_default_folder_is_listed(models_dir, monkeypatch):
 
 
 @pytest.mark.parametrize("engine, model", [
-    ("whisper", "bundled:base"),  # unknown bundled name
+    ("whisper", "bundled:medium"),  # unknown bundled name
     ("whisper", "no-such-folder"),  # missing folder
     ("whisper", "notes"),  # a folder that is no model
     ("whisper", "tiny-paraformer"),  # a model of the other engine
@@ -156,8 +156,8 @@ def test_api_refuses_a_model_that_is_not_installed(api_models):
     r = api.upload(engine="funasr", model="paraformer-zh")
     assert r.status_code == 422, r.text
     assert api.stored_files() == []  # refused before the upload was stored
-    r = api.upload(model="bundled:base")
-    assert r.status_code == 422 and "installed: bundled:tiny.en, tiny-whisper" in r.json()["detail"], r.text
+    r = api.upload(model="bundled:medium")
+    assert r.status_code == 422 and "installed: bundled:tiny.en, bundled:base, tiny-whisper" in r.json()["detail"], r.text
     r = api.submit({"source_uri": "s3://b/k.wav", "engine": "funasr"})  # this deployment has no default for it
     assert r.status_code == 422 and "tiny-paraformer" in r.json()["detail"], r.text
     r = api.c.post("/v1/jobs/batch", headers=ACME, json={"jobs": [
@@ -188,9 +188,9 @@ def _asrq(tmp_path: Path, *args: str, timeout_s: float = 240, **env_extra: str) 
 def test_embedded_command_refuses_a_model_that_is_not_installed(tmp_path):
     clip = str(AUDIO / "en_jfk_ask_not_11s.flac")
     t0 = time.monotonic()
-    r = _asrq(tmp_path, "transcribe", clip, "--model", "bundled:base", "--timeout", "60")
+    r = _asrq(tmp_path, "transcribe", clip, "--model", "bundled:medium", "--timeout", "60")
     assert r.returncode == 1, (r.returncode, r.stderr[-2000:])
-    assert "'bundled:base' is not installed" in r.stderr and "installed: bundled:tiny.en" in r.stderr, r.stderr
+    assert "'bundled:medium' is not installed" in r.stderr and "installed: bundled:tiny.en" in r.stderr, r.stderr
     r = _asrq(tmp_path, "transcribe", clip, "--engine", "funasr", "--model", str(tmp_path / "paraformer-zh"),
               "--timeout", "60")
     assert r.returncode == 1 and "paraformer-zh" in r.stderr and "not installed" in r.stderr, r.stderr[-2000:]

@@ -361,9 +361,9 @@ def test_worker_checks_s3_sources_against_the_jobs_own_tenant(embedded, s3_setti
 
 
 def test_finalize_only_enqueues_the_webhook(embedded, servers):
-    from sqlalchemy import update
+    from sqlalchemy import select, update
 
-    from app.db.models import Job, JobState
+    from app.db.models import Job, JobState, WebhookDelivery
     from app.db.session import session_scope
     from workers.tasks.finalize import finalize_job
 
@@ -374,29 +374,47 @@ def test_finalize_only_enqueues_the_webhook(embedded, servers):
     finalize_job(jid)
     with session_scope() as s:
         assert s.get(Job, jid).state == JobState.COMPLETED
+        delivery = s.scalars(select(WebhookDelivery).where(WebhookDelivery.job_id == jid)).one()
+        assert delivery.url == f"http://127.0.0.1:{hook.port}/done?t=1" and delivery.attempts == 0
     assert hook.requests == []  # finalize made no HTTP call itself
     messages = [json.loads(p.read_text()) for p in (embedded / "broker" / "queue").glob("*") if p.is_file()]
     hooks = [m for m in messages if m["headers"]["task"] == "asrq.webhook"]
     assert len(hooks) == 1
     assert hooks[0]["properties"]["delivery_info"]["routing_key"] == "maintenance"
     args, _, _ = json.loads(base64.b64decode(hooks[0]["body"]))
-    assert args == [f"http://127.0.0.1:{hook.port}/done?t=1", {"job_id": str(jid), "state": "COMPLETED"}]
+    assert args == [str(delivery.id), 1]
 
 
 # ---- the webhook task ------------------------------------------------------------------------------------------
 
 
-def _deliver(url: str, job_id: str = "j-1"):  # noqa: ANN202
-    from workers.tasks.webhook import webhook
+def _deliver(url: str) -> bool:
+    """A job that ended with this webhook, its tries run one after another (no waiting for the
+    schedule) by the delivery task until the delivery is over; True when it was delivered."""
+    from sqlalchemy import select
 
-    return webhook.apply(args=[url, {"job_id": job_id, "state": "COMPLETED"}]).get()
+    from app.db.models import JobState, WebhookDelivery, WebhookState
+    from app.db.session import session_scope
+    from workers.tasks.webhook import webhook
+    from workers.webhooks import note_job_end
+
+    jid = _add_job("acme", "s3://b/a.wav", url)
+    with session_scope() as s:
+        note_job_end(s, jid, JobState.COMPLETED)
+    while True:
+        with session_scope() as s:
+            row = s.scalars(select(WebhookDelivery).where(WebhookDelivery.job_id == jid)).one()
+            if row.state != WebhookState.PENDING:
+                return row.state == WebhookState.DELIVERED
+            delivery_id, n = str(row.id), row.attempts + 1
+        webhook.apply(args=[delivery_id, n]).get()
 
 
 def test_webhook_is_retried_a_bounded_number_of_times(embedded, servers):
     flaky = servers(replies=[{"status": 503}, {"status": 502}, {"status": 204, "body": b""}])
     assert _deliver(f"http://127.0.0.1:{flaky.port}/hook") is True
     assert len(flaky.requests) == 3
-    assert all(json.loads(r["body"]) == {"job_id": "j-1", "state": "COMPLETED"} for r in flaky.requests)
+    assert all(json.loads(r["body"])["data"]["state"] == "COMPLETED" for r in flaky.requests)
 
     down = servers(replies=[{"status": 500}])
     assert _deliver(f"http://127.0.0.1:{down.port}/hook") is False  # gives up after 3 tries, raises nothing
@@ -461,14 +479,14 @@ def test_webhook_task_refuses_private_targets_at_delivery(embedded, servers, mon
     assert hook.requests == []
 
 
-def test_webhook_backoff_is_capped_exponential_with_jitter(settings):
+def test_webhook_backoff_follows_the_schedule_with_jitter(settings):
     import random
 
     from workers.webhooks import retry_delay_s
 
-    s = settings.model_copy(update={"webhook_backoff_max_s": 60.0})
+    s = settings.model_copy(update={"webhook_retry_schedule_s": "5,300,1800"})
     rng = random.Random(7)
-    for retries, full in [(0, 5), (1, 10), (2, 20), (3, 40), (4, 60), (10, 60), (50, 60)]:
-        delays = [retry_delay_s(retries, s, rng) for _ in range(200)]
-        assert all(full / 2 <= d <= full for d in delays)
+    for tries, full in [(1, 5), (2, 300), (3, 1800), (4, 1800), (20, 1800)]:
+        delays = [retry_delay_s(tries, s, rng) for _ in range(200)]
+        assert all(0.8 * full <= d <= 1.2 * full for d in delays)
         assert max(delays) - min(delays) > full / 4  # jittered, not one value for every receiver

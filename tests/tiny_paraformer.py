@@ -139,11 +139,12 @@ def _write_cmvn(path: pathlib.Path, dim: int) -> None:
     )
 
 
-def build_tiny_paraformer(dest: pathlib.Path, seaco: bool = False) -> pathlib.Path:
+def build_tiny_paraformer(dest: pathlib.Path, seaco: bool = False, seaco_layers: int = 1) -> pathlib.Path:
     """Write config.yaml, model.pt, am.mvn and tokens.json into dest and return dest.
 
     seaco=True builds a SeACo-Paraformer (hotword biasing) instead of a BiCif-Paraformer, plus
-    the seg_dict FunASR uses to split hotwords into vocabulary tokens.
+    the seg_dict FunASR uses to split hotwords into vocabulary tokens; seaco_layers=6 gives its bias
+    decoder the depth FunASR needs for lists of more than 50 hotwords.
     """
     from funasr.register import tables  # imported late: importing funasr takes seconds
 
@@ -151,6 +152,10 @@ def build_tiny_paraformer(dest: pathlib.Path, seaco: bool = False) -> pathlib.Pa
     dest.mkdir(parents=True, exist_ok=True)
     tokens = _tokens()
     config = _config(len(tokens), seaco)
+    if seaco and seaco_layers != 1:
+        # more than 50 hotwords take FunASR's filter pass (forward_asf6), which reads the bias decoder's
+        # first six layers, as the real SeACo-Paraformer has them
+        config["seaco_decoder_conf"].update(num_blocks=seaco_layers, att_layer_num=seaco_layers)
 
     torch.manual_seed(0)
     model_class = tables.model_classes.get(config["model"])

@@ -10,15 +10,18 @@ from kombu import Queue
 
 from app.constants import (
     ALL_QUEUES,
+    PRIORITY_STEPS,
     QUEUE_FINALIZE,
     QUEUE_MAINTENANCE,
     QUEUE_PREPARE,
     QUEUE_TRANSCRIBE,
     TASK_FINALIZE,
+    TASK_MAINTENANCE,
     TASK_PREPARE,
     TASK_RECONCILE,
     TASK_TRANSCRIBE,
     TASK_WEBHOOK,
+    TASK_WEBHOOK_SWEEP,
 )
 from app.settings import Settings, get_settings
 
@@ -42,6 +45,9 @@ def broker_transport_options(settings: Settings) -> dict:
         "socket_keepalive": True,
         "socket_timeout": 30,
         "health_check_interval": 25,
+        # fair share (workers/fair_share.py): ten levels, one Redis list each, level 0 served first; kombu's
+        # default has four (0, 3, 6, 9), which this includes, so messages sent before an upgrade still arrive
+        "priority_steps": list(PRIORITY_STEPS),
     }
 
 
@@ -67,6 +73,8 @@ def make_celery(settings: Settings | None = None) -> Celery:
             TASK_FINALIZE: {"queue": QUEUE_FINALIZE, "routing_key": QUEUE_FINALIZE},
             TASK_RECONCILE: {"queue": QUEUE_MAINTENANCE, "routing_key": QUEUE_MAINTENANCE},
             TASK_WEBHOOK: {"queue": QUEUE_MAINTENANCE, "routing_key": QUEUE_MAINTENANCE},
+            TASK_WEBHOOK_SWEEP: {"queue": QUEUE_MAINTENANCE, "routing_key": QUEUE_MAINTENANCE},
+            TASK_MAINTENANCE: {"queue": QUEUE_MAINTENANCE, "routing_key": QUEUE_MAINTENANCE},
         },
         # ack only after the task ran: a worker killed mid-task leaves its messages to be redelivered
         task_acks_late=True,
@@ -87,9 +95,12 @@ def make_celery(settings: Settings | None = None) -> Celery:
             TASK_FINALIZE: {"time_limit": settings.finalize_time_limit_s,
                             "soft_time_limit": max(1.0, settings.finalize_time_limit_s - 60)},
             TASK_RECONCILE: {"time_limit": 300, "soft_time_limit": 240},
+            # bounded batches, each committed on its own: a run cut short loses at most one batch's work
+            TASK_MAINTENANCE: {"time_limit": 600, "soft_time_limit": 540},
             # one POST is bounded by its timeouts, but name resolution is not (getaddrinfo has no timeout)
             TASK_WEBHOOK: {"time_limit": 60 + 4 * settings.webhook_timeout_s,
                            "soft_time_limit": 30 + 4 * settings.webhook_timeout_s},
+            TASK_WEBHOOK_SWEEP: {"time_limit": 120, "soft_time_limit": 90},
         },
         # Postgres is the source of truth; a publish that fails is retried, and the reconciler
         # re-sends anything that still slipped through
@@ -107,6 +118,14 @@ def make_celery(settings: Settings | None = None) -> Celery:
         worker_cancel_long_running_tasks_on_connection_loss=True,
         beat_schedule={
             "reconcile": {"task": TASK_RECONCILE, "schedule": settings.reconcile_interval_s},
+            # job-end webhooks live in Postgres: each beat sends the ones that are due (workers/webhooks.py)
+            "webhooks": {"task": TASK_WEBHOOK_SWEEP, "schedule": settings.webhook_sweep_interval_s,
+                         # a sweep still queued when the next is due is redundant: it expires
+                         "options": {"expires": max(30.0, 2 * settings.webhook_sweep_interval_s)}},
+            # two sweeps at once are safe (skip-locked, idempotent), but a queued one behind a running one is
+            # redundant: it expires
+            "maintenance": {"task": TASK_MAINTENANCE, "schedule": settings.maintenance_interval_s,
+                            "options": {"expires": max(30.0, 2 * settings.maintenance_interval_s)}},
         },
         worker_hijack_root_logger=False,
     )

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import logging
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 from app.constants import QUEUE_FINALIZE, QUEUE_PREPARE, QUEUE_TRANSCRIBE, TASK_FINALIZE, TASK_PREPARE, TASK_TRANSCRIBE
 
@@ -18,24 +18,33 @@ def _app():  # noqa: ANN202
     return app
 
 
-def _send_many(name: str, queue: str, ids: Iterable[uuid.UUID | str], countdown: float | None = None) -> int:
+def _send_many(name: str, queue: str, ids: Iterable[uuid.UUID | str], countdown: float | None = None,
+               levels: Levels = None) -> int:
     app = _app()
     n = 0
+    each = levels if isinstance(levels, Sequence) else None
     # one producer (one connection) for the whole loop: 10,000 sends must not open 10,000 connections
     with app.producer_or_acquire() as producer:
         for i in ids:
+            # the broker priority (workers/fair_share.py): 0, served first, unless the sender says otherwise
+            level = each[n] if each is not None else (levels or 0)
             app.send_task(name, args=[str(i)], queue=queue, routing_key=queue, countdown=countdown,
-                          producer=producer)
+                          producer=producer, priority=level)
             n += 1
     return n
 
 
-def send_prepare(job_ids: Iterable[uuid.UUID | str]) -> int:
-    return _send_many(TASK_PREPARE, QUEUE_PREPARE, job_ids)
+#: one broker priority level for every message, or one per message (in the order of the ids)
+Levels = int | Sequence[int] | None
 
 
-def send_transcribe(chunk_ids: Iterable[uuid.UUID | str], countdown: float | None = None) -> int:
-    return _send_many(TASK_TRANSCRIBE, QUEUE_TRANSCRIBE, chunk_ids, countdown)
+def send_prepare(job_ids: Iterable[uuid.UUID | str], levels: Levels = None) -> int:
+    return _send_many(TASK_PREPARE, QUEUE_PREPARE, job_ids, levels=levels)
+
+
+def send_transcribe(chunk_ids: Iterable[uuid.UUID | str], countdown: float | None = None,
+                    levels: Levels = None) -> int:
+    return _send_many(TASK_TRANSCRIBE, QUEUE_TRANSCRIBE, chunk_ids, countdown, levels)
 
 
 def send_finalize(job_ids: Iterable[uuid.UUID | str]) -> int:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from workers.merge import Transcript
+from workers.merge import SEGMENT_TAGS, Transcript
 
 
 def _clock(t: float, sep: str) -> str:
@@ -16,7 +16,14 @@ def _clock(t: float, sep: str) -> str:
 
 
 def to_json(t: Transcript) -> str:
-    return json.dumps(t.to_dict(), ensure_ascii=False, indent=1)
+    d = t.to_dict()
+    for seg in d["segments"]:
+        # a tag is written where a model gave it (language from every engine; emotion and event from
+        # SenseVoice), never as null for engines that have no such thing
+        for k in SEGMENT_TAGS:
+            if seg.get(k) is None:
+                seg.pop(k, None)
+    return json.dumps(d, ensure_ascii=False, indent=1)
 
 
 def to_srt(t: Transcript) -> str:

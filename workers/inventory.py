@@ -17,13 +17,13 @@ import os
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
-from app.constants import QUEUE_FINALIZE, QUEUE_PREPARE, QUEUE_TRANSCRIBE
+from app.constants import PRIORITY_STEPS, QUEUE_FINALIZE, QUEUE_PREPARE, QUEUE_TRANSCRIBE
 from app.settings import Settings
 
 log = logging.getLogger("asrq.inventory")
 
 QUEUES = (QUEUE_PREPARE, QUEUE_TRANSCRIBE, QUEUE_FINALIZE)
-_REDIS_PRIORITY_SEP = "\x06\x16"  # kombu.transport.redis: queue keys for priorities 3, 6, 9
+_REDIS_PRIORITY_SEP = "\x06\x16"  # kombu.transport.redis: "<queue><sep><level>" for levels above 0
 _REDIS_UNACKED = "unacked"
 _REDIS_UNACKED_INDEX = "unacked_index"  # delivery tag -> time of delivery
 _PAGE = 2000
@@ -48,6 +48,11 @@ class Inventory:
         return key in self.waiting or self.delivered.get(key, 0.0) >= delivered_since
 
 
+def redis_queue_keys(queue: str) -> list[str]:
+    """The Redis lists of one queue, its level 0 (served first) to its last priority level."""
+    return [queue] + [f"{queue}{_REDIS_PRIORITY_SEP}{p}" for p in PRIORITY_STEPS if p]
+
+
 def read_inventory(settings: Settings) -> Inventory | None:
     """The broker's messages, or None for a transport this cannot read (then the reconciler falls back to
     re-sending what has been still for a stale period)."""
@@ -66,7 +71,7 @@ def _redis_inventory(url: str) -> Inventory:
     try:
         inv = Inventory()
         for queue in QUEUES:
-            for key in [queue] + [f"{queue}{_REDIS_PRIORITY_SEP}{p}" for p in (3, 6, 9)]:
+            for key in redis_queue_keys(queue):
                 inv.waiting.update(_parse_all(_lrange_all(client, key)))
         since = dict(client.zscan_iter(_REDIS_UNACKED_INDEX, count=_PAGE))
         for tag, raw in client.hscan_iter(_REDIS_UNACKED, count=_PAGE):

@@ -116,3 +116,15 @@ def supervise(specs: list[WorkerSpec], settings: Settings) -> int:
         if not alive:
             return 0
         time.sleep(0.5)
+
+
+def serve_metrics(specs: list[WorkerSpec], settings: Settings, port: int, host: str) -> None:
+    """/metrics for every worker process this launcher starts: they write their metrics to files in one
+    folder (prefork children included, each its own file), emptied now so a restart counts from zero, and
+    a thread of the launcher serves the sum, with the cards' NVML readings where there are cards."""
+    from app.metrics import MULTIPROC_ENV, prepare_multiproc_dir, serve_worker_metrics
+
+    folder = prepare_multiproc_dir(settings.home / f"prometheus-worker-{port}")
+    for spec in specs:
+        spec.env[MULTIPROC_ENV] = str(folder)
+    serve_worker_metrics(port, host, folder, socket.gethostname())

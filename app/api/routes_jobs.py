@@ -1,10 +1,11 @@
-"""/v1/jobs: submit (upload or URI), batch submit, get, list, transcript, cancel/delete."""
+"""/v1/jobs: submit (upload or URI), batch submit, get, list, bulk status, transcript, cancel/delete."""
 
 from __future__ import annotations
 
 import hashlib
 import json
 import uuid
+from datetime import datetime, timezone
 from typing import BinaryIO
 
 from fastapi import APIRouter, BackgroundTasks, Depends, Header, HTTPException, Query, Request
@@ -16,17 +17,21 @@ from starlette.datastructures import UploadFile
 from app.api.auth import current_tenant
 from app.constants import TRANSCRIPT_FORMATS, source_key, transcript_key
 from app.db.models import JobState
-from app.jobs import (NewJob, cancel_or_delete, create_batch, create_job, get_job, job_out, list_jobs,
-                      resolved_options)
-from app.schemas import BatchCreate, BatchOut, JobCreate, JobList, JobOptions, JobOut
+from app.jobs import (JobFilter, NewJob, cancel_or_delete, create_batch, create_job, get_job, job_out, job_statuses,
+                      list_jobs, resolved_options)
+from app.schemas import (BatchCreate, BatchOut, JobCreate, JobList, JobOptions, JobOut, JobStatusOut, Progress,
+                         StatusOut, StatusQuery)
+from app.schemas import MAX_HOTWORDS_FILE_BYTES, parse_hotwords_text
 from app.sources import UPLOAD_SCHEME, safe_filename, validate_source_uri, validate_webhook_url
 from app.storage import ObjectNotFound, get_store
 from workers import faults
+from workers import fair_share
 from workers.dispatch import send_prepare, try_send
 
 router = APIRouter(prefix="/v1", tags=["jobs"])
 
-FORM_FIELDS = {"file", "engine", "model", "language", "hotwords", "formats", "webhook_url", "options"}
+FORM_FIELDS = {"file", "engine", "model", "language", "hotwords", "hotwords_file", "formats", "webhook_url",
+               "options", "punc_model", "itn", "priority"}
 MEDIA_TYPES = {"json": "application/json", "srt": "application/x-subrip", "vtt": "text/vtt", "txt": "text/plain"}
 
 
@@ -50,7 +55,7 @@ def _form_options(form) -> JobOptions:  # noqa: ANN001
     if unknown:
         raise HTTPException(422, f"unknown form fields: {', '.join(sorted(unknown))}")
     raw: dict = json.loads(form["options"]) if form.get("options") else {}
-    for name in ("engine", "model", "language"):
+    for name in ("engine", "model", "language", "punc_model", "itn", "priority"):
         if form.get(name):
             raw[name] = form[name]
     for name in ("hotwords", "formats"):
@@ -58,6 +63,21 @@ def _form_options(form) -> JobOptions:  # noqa: ANN001
         if values:
             raw[name] = [v.strip() for v in values]
     return JobOptions(**raw)
+
+
+async def _hotwords_file(form) -> list[str]:  # noqa: ANN001
+    """The hotwords_file form field (one hotword per line, UTF-8): read up to its cap, never further."""
+    item = form.get("hotwords_file")
+    if item is None:
+        return []
+    if isinstance(item, UploadFile):
+        data = await item.read(MAX_HOTWORDS_FILE_BYTES + 1)
+    else:  # sent as a plain form field rather than a file part
+        data = str(item).encode("utf-8")
+    try:
+        return parse_hotwords_text(data, "hotwords_file")
+    except ValueError as e:
+        raise HTTPException(422, str(e)) from e
 
 
 def _validation_422(e: ValidationError) -> HTTPException:
@@ -76,11 +96,14 @@ async def submit_job(
     uploaded_key = None
     try:
         if ctype.startswith("multipart/form-data"):
-            form = await request.form(max_files=1, max_fields=len(FORM_FIELDS))
+            form = await request.form(max_files=2, max_fields=len(FORM_FIELDS))
             upload = form.get("file")
-            if not isinstance(upload, UploadFile):
-                raise HTTPException(422, "multipart upload needs the audio in the form field 'file'")
+            if not isinstance(upload, UploadFile) or len(form.getlist("file")) != 1:
+                raise HTTPException(422, "multipart upload needs the audio in the form field 'file', once")
             options = _form_options(form)
+            if from_file := await _hotwords_file(form):
+                # the listed hotwords first, then the file's; JobOptions drops repeats, refuses over 1,000
+                options = JobOptions(**{**options.model_dump(), "hotwords": [*options.hotwords, *from_file]})
             resolved_options(options, settings)  # a model that is not installed: 422 before storing the upload
             webhook = form.get("webhook_url") or None
             filename = safe_filename(upload.filename)
@@ -116,20 +139,21 @@ async def submit_job(
             await run_in_threadpool(get_store().delete_prefix, f"jobs/{job_id}/")
         raise
 
-    def _create() -> tuple[JobOut, bool]:
+    def _create() -> tuple[JobOut, bool, list[int]]:
         with request.app.state.sessions() as s:
+            levels = fair_share.admit(s, tenant, [new.options.priority], settings)  # TooManyQueued: 429
             job, created = create_job(s, tenant, new, settings, job_id)
-            return job_out(job), created
+            return job_out(job), created, levels
 
     try:
-        out, created = await run_in_threadpool(_create)
+        out, created, levels = await run_in_threadpool(_create)
     except BaseException:
         if uploaded_key:
             await run_in_threadpool(get_store().delete_prefix, f"jobs/{job_id}/")
         raise
     if created:
         faults.exit_before_publish()
-        await run_in_threadpool(try_send, send_prepare, [job_id])
+        await run_in_threadpool(try_send, lambda ids: send_prepare(ids, levels), [job_id])
     elif uploaded_key:
         await run_in_threadpool(get_store().delete_prefix, f"jobs/{job_id}/")  # a replay keeps no second copy
     return JSONResponse(out.model_dump(mode="json"), 202 if created else 200)
@@ -165,13 +189,49 @@ def submit_batch(request: Request, background: BackgroundTasks, tenant: str = De
                 validate_webhook_url(item.webhook_url, settings)
         except Exception as e:
             raise HTTPException(422, f"jobs[{n}]: {e}") from e
+    batch_id = uuid.uuid4()
     with request.app.state.sessions() as s:
-        ids = create_batch(s, tenant, body.jobs, settings)
+        levels = fair_share.admit(s, tenant, [item.priority for item in body.jobs], settings)  # 429 when full
+        ids = create_batch(s, tenant, body.jobs, settings, batch_id)
     # The rows are committed, so the jobs exist whatever happens next. Publishing 10,000 messages takes
     # seconds (about 0.8 ms each, measured): it runs after the response, and if this process dies
     # before it is done the reconciler sends what is missing.
-    background.add_task(try_send, send_prepare, ids)
-    return BatchOut(job_ids=[str(i) for i in ids], count=len(ids))
+    background.add_task(try_send, lambda job_ids: send_prepare(job_ids, levels), ids)
+    return BatchOut(job_ids=[str(i) for i in ids], count=len(ids), batch_id=str(batch_id))
+
+
+async def _status_body(request: Request, _tenant: str = Depends(current_tenant)) -> StatusQuery:
+    """Read after authentication, like the batch body (see _batch_body)."""
+    if not request.headers.get("content-type", "").startswith("application/json"):
+        raise HTTPException(415, 'send JSON: {"ids": ["<job id>", ...]}')
+    raw = await request.body()
+    try:
+        return await run_in_threadpool(StatusQuery.model_validate_json, raw)
+    except ValidationError as e:
+        raise _validation_422(e) from e
+
+
+@router.post("/jobs/status", response_model=StatusOut, summary="State and progress of many jobs in one call",
+             openapi_extra={"requestBody": {"required": True, "content": {"application/json": {
+                 "schema": StatusQuery.model_json_schema()}}}})
+def bulk_status(request: Request, tenant: str = Depends(current_tenant),
+                body: StatusQuery = Depends(_status_body)) -> StatusOut:
+    """A client following thousands of jobs polls them all with one request (up to ASRQ_MAX_BATCH_JOBS ids,
+    the most one batch submit creates); ids it cannot see are listed as not found."""
+    limit = request.app.state.settings.max_batch_jobs
+    if len(body.ids) > limit:
+        raise HTTPException(413, f"at most {limit} ids per call; split them")
+    with request.app.state.sessions() as s:
+        found, missing = job_statuses(s, tenant, body.ids, body.full)
+        counts: dict[str, int] = {}
+        for j in found:
+            counts[j.state.value] = counts.get(j.state.value, 0) + 1
+        jobs = [job_out(j) if body.full else
+                JobStatusOut(id=str(j.id), state=j.state.value, error=j.error, finished_at=j.finished_at,
+                             progress=Progress(chunks_done=j.chunks_done, chunks_total=j.chunks_total,
+                                               audio_s=j.duration_s))
+                for j in found]
+    return StatusOut(jobs=jobs, not_found=[str(j) for j in missing], counts=counts)
 
 
 @router.get("/jobs/{job_id}", response_model=JobOut)
@@ -182,9 +242,17 @@ def get_job_route(request: Request, job_id: uuid.UUID, tenant: str = Depends(cur
 
 @router.get("/jobs", response_model=JobList)
 def list_jobs_route(request: Request, tenant: str = Depends(current_tenant), state: JobState | None = None,
-                    cursor: str | None = None, limit: int = Query(100, ge=1, le=1000)) -> JobList:
+                    cursor: str | None = None, limit: int = Query(100, ge=1, le=1000),
+                    batch: uuid.UUID | None = Query(None, description="the batch_id POST /v1/jobs/batch returned"),
+                    since: datetime | None = Query(None, description="created at or after (ISO 8601; UTC if no zone)"),
+                    filename: str | None = Query(None, min_length=1, max_length=255,
+                                                 description="part of the file name, case-insensitive; * matches any")
+                    ) -> JobList:
+    if since is not None and since.tzinfo is None:
+        since = since.replace(tzinfo=timezone.utc)
+    where = JobFilter(batch_id=batch, since=since, filename=filename)
     with request.app.state.sessions() as s:
-        jobs, nxt = list_jobs(s, tenant, state, cursor, limit)
+        jobs, nxt = list_jobs(s, tenant, state, cursor, limit, where)
         return JobList(jobs=[job_out(j) for j in jobs], next_cursor=nxt)
 
 
@@ -194,7 +262,9 @@ def get_transcript(request: Request, job_id: uuid.UUID, tenant: str = Depends(cu
                    redirect: bool = False) -> Response:
     with request.app.state.sessions() as s:
         job = get_job(s, tenant, job_id)
-        state = job.state
+        state, deleted = job.state, job.deleted_at is not None
+    if deleted and state == JobState.COMPLETED:
+        raise HTTPException(410, "the transcript of this job was deleted")
     if state != JobState.COMPLETED:
         raise HTTPException(409, f"job is {state.value}; the transcript exists once it is COMPLETED")
     store = get_store()
@@ -220,6 +290,15 @@ def get_links(request: Request, job_id: uuid.UUID, tenant: str = Depends(current
     store = get_store()
     return {"expires_in_s": expiry,
             "links": {f: store.presign(transcript_key(job_id, f), expiry) for f in TRANSCRIPT_FORMATS}}
+
+
+@router.get("/jobs/{job_id}/webhooks", summary="The job's webhook deliveries, each try with its answer")
+def get_webhooks(request: Request, job_id: uuid.UUID, tenant: str = Depends(current_tenant)) -> dict:
+    from workers.webhooks import deliveries_of
+
+    with request.app.state.sessions() as s:
+        get_job(s, tenant, job_id)
+        return {"job_id": str(job_id), "webhooks": deliveries_of(s, job_id)}
 
 
 @router.delete("/jobs/{job_id}", response_model=JobOut, summary="Cancel a running job or delete a finished one's objects")

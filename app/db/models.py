@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import enum
 import uuid
-from datetime import datetime, timezone
+from datetime import date, datetime, timezone
 
 from sqlalchemy import (
     JSON,
+    Date,
     DateTime,
     Enum,
     Float,
@@ -18,6 +19,7 @@ from sqlalchemy import (
     Text,
     UniqueConstraint,
     Uuid,
+    text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 from sqlalchemy.types import TypeDecorator
@@ -113,12 +115,29 @@ class Job(Base):
     transcribing_at: Mapped[datetime | None] = mapped_column(TZ)
     finished_at: Mapped[datetime | None] = mapped_column(TZ)
 
+    # the POST /v1/jobs/batch call that created the job, so a client can follow its batch as one
+    batch_id: Mapped[uuid.UUID | None] = mapped_column(Uuid)
+    # retention (workers/tasks/maintenance.py): when the decoded PCM and an uploaded source were
+    # removed from storage, and when the client deleted the finished job's transcript
+    audio_deleted_at: Mapped[datetime | None] = mapped_column(TZ)
+    source_deleted_at: Mapped[datetime | None] = mapped_column(TZ)
+    deleted_at: Mapped[datetime | None] = mapped_column(TZ)
+
     chunks: Mapped[list["Chunk"]] = relationship(back_populates="job", cascade="all, delete-orphan")
 
     __table_args__ = (
         UniqueConstraint("tenant", "idempotency_key", name="uq_jobs_tenant_idem"),
         Index("ix_jobs_tenant_created", "tenant", "created_at", "id"),
         Index("ix_jobs_state_updated", "state", "updated_at"),
+        Index("ix_jobs_tenant_batch", "tenant", "batch_id"),
+        Index("ix_jobs_tenant_state", "tenant", "state"),  # a tenant's work in flight (workers/fair_share.py)
+        Index("ix_jobs_finished", "finished_at"),
+        # the maintenance sweeps read the oldest finished jobs whose objects are still stored: partial
+        # indexes keep that a short scan however many jobs were already swept
+        Index("ix_jobs_audio_kept", "finished_at", postgresql_where=text("audio_deleted_at IS NULL"),
+              sqlite_where=text("audio_deleted_at IS NULL")),
+        Index("ix_jobs_source_kept", "finished_at", postgresql_where=text("source_deleted_at IS NULL"),
+              sqlite_where=text("source_deleted_at IS NULL")),
     )
 
 
@@ -139,9 +158,13 @@ class Chunk(Base):
     claim_id: Mapped[uuid.UUID | None] = mapped_column(Uuid)
     batch_id: Mapped[uuid.UUID | None] = mapped_column(Uuid)
     text: Mapped[str | None] = mapped_column(Text)
-    words: Mapped[list | None] = mapped_column(JSON)  # [[start_s, end_s, word], ...] relative to chunk
+    # [[start_s, end_s, word], ...] relative to chunk, then {"emotion", "event"} if the model tagged it
+    # (workers/merge.py stored_words)
+    words: Mapped[list | None] = mapped_column(JSON)
     language: Mapped[str | None] = mapped_column(String(16))
     error: Mapped[str | None] = mapped_column(Text)
+    # this chunk's share of its batch's inference time, by audio length (usage: engine seconds)
+    engine_s: Mapped[float | None] = mapped_column(Float)
     updated_at: Mapped[datetime] = mapped_column(TZ, default=utcnow, onupdate=utcnow)
 
     job: Mapped[Job] = relationship(back_populates="chunks")
@@ -149,6 +172,7 @@ class Chunk(Base):
     __table_args__ = (
         UniqueConstraint("job_id", "index", name="uq_chunks_job_index"),
         Index("ix_chunks_state_updated", "state", "updated_at"),
+        Index("ix_chunks_batch", "batch_id"),
     )
 
 
@@ -167,6 +191,21 @@ class Batch(Base):
     created_at: Mapped[datetime] = mapped_column(TZ, default=utcnow)
 
 
+class UsageDaily(Base):
+    """Usage of jobs that retention has removed, per tenant and UTC day: billing outlives transcripts.
+    GET /v1/usage adds these to what the live rows say (app/usage.py)."""
+
+    __tablename__ = "usage_daily"
+
+    tenant: Mapped[str] = mapped_column(String(128), primary_key=True)
+    day: Mapped[date] = mapped_column(Date, primary_key=True)
+    jobs_submitted: Mapped[int] = mapped_column(Integer, default=0)
+    audio_submitted_s: Mapped[float] = mapped_column(Float, default=0.0)
+    jobs_completed: Mapped[int] = mapped_column(Integer, default=0)
+    audio_transcribed_s: Mapped[float] = mapped_column(Float, default=0.0)
+    engine_s: Mapped[float] = mapped_column(Float, default=0.0)
+
+
 class ApiKey(Base):
     __tablename__ = "api_keys"
 
@@ -177,3 +216,54 @@ class ApiKey(Base):
     # kept, not deleted: a revoked key still counts as "keys exist" (revoking the last key never
     # opens the API) and its hash stops ASRQ_API_KEYS from adding it again at start-up
     revoked_at: Mapped[datetime | None] = mapped_column(TZ)
+
+
+class WebhookState(str, enum.Enum):
+    PENDING = "pending"
+    DELIVERED = "delivered"
+    FAILED = "failed"
+
+
+class WebhookDelivery(Base):
+    """One notification of a job's end (COMPLETED, FAILED, CANCELLED), written in the transaction that
+    ended the job, so it survives a broker or a worker that is down. The maintenance beat sends the
+    due ones; every try is kept in ``tries``."""
+
+    __tablename__ = "webhook_deliveries"
+
+    id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
+    job_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), index=True)
+    tenant: Mapped[str] = mapped_column(String(128))
+    url: Mapped[str] = mapped_column(Text)
+    event: Mapped[str] = mapped_column(String(32))  # job.completed, job.failed, job.cancelled
+    payload: Mapped[dict] = mapped_column(JSON)
+    state: Mapped[WebhookState] = mapped_column(_enum(WebhookState), default=WebhookState.PENDING)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)  # tries started; fences each try's result
+    next_attempt_at: Mapped[datetime] = mapped_column(TZ, default=utcnow)
+    tries: Mapped[list] = mapped_column(JSON, default=list)  # [{"at", "status_code", "error", "duration_ms"}]
+    created_at: Mapped[datetime] = mapped_column(TZ, default=utcnow)
+    finished_at: Mapped[datetime | None] = mapped_column(TZ)
+
+    __table_args__ = (Index("ix_webhook_deliveries_due", "state", "next_attempt_at"),)
+
+
+class WebhookSecret(Base):
+    """A tenant's webhook signing secret ("whsec_" + base64), kept in the clear: signing needs it."""
+
+    __tablename__ = "webhook_secrets"
+
+    tenant: Mapped[str] = mapped_column(String(128), primary_key=True)
+    secret: Mapped[str] = mapped_column(String(128))
+    created_at: Mapped[datetime] = mapped_column(TZ, default=utcnow)
+
+
+class TenantShare(Base):
+    """A tenant's recent usage for fair share (workers/fair_share.py): audio seconds of finished jobs,
+    halved every ASRQ_FAIR_SHARE_HALF_LIFE_S, as of ``updated_at``. Kept by the reconciler beat; the row
+    of tenant "" is its cursor (how far finished jobs were counted)."""
+
+    __tablename__ = "tenant_shares"
+
+    tenant: Mapped[str] = mapped_column(String(128), primary_key=True)
+    usage_s: Mapped[float] = mapped_column(Float, default=0.0)
+    updated_at: Mapped[datetime] = mapped_column(TZ, default=utcnow)

@@ -43,6 +43,10 @@ class ChunkText:
     text: str
     words: list[Word] = field(default_factory=list)
     language: str | None = None
+    # what a model that hears more than words says about the chunk (SenseVoice's rich tags), lower
+    # case ("happy", "laughter"); None where the model says nothing or does not know
+    emotion: str | None = None
+    event: str | None = None
 
 
 @dataclass(frozen=True)
@@ -52,6 +56,8 @@ class DecodeOptions:
     language: str | None = None
     hotwords: tuple[str, ...] = ()
     beam_size: int = 5
+    # inverse text normalization inside the model where it has one (SenseVoice's use_itn); None: its default
+    itn: bool | None = None
 
 
 @dataclass(frozen=True)

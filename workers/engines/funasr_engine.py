@@ -23,6 +23,11 @@ from workers.batching import MemoryCost
 _HOTWORD_MODELS = {"SeacoParaformer", "ContextualParaformer"}
 _SENSEVOICE_LANGUAGES = {"auto", "zh", "en", "yue", "ja", "ko"}
 _TAG = re.compile(r"<\|([^|]*)\|>")
+# SenseVoice's emotion and audio-event tags -> the names the transcript uses; *_UNK: it does not know
+_EMOTIONS = {t: t.lower() for t in ("HAPPY", "SAD", "ANGRY", "NEUTRAL", "FEARFUL", "DISGUSTED", "SURPRISED")}
+_EMOTIONS |= {"EMO_UNKNOWN": None}
+_EVENTS = {t: t.lower() for t in ("Speech", "BGM", "Applause", "Laughter", "Cry", "Sneeze", "Breath", "Cough")}
+_EVENTS |= {"Event_UNK": None}
 _CJK = r"\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff"
 _CJK_CHAR = re.compile(f"[{_CJK}]")
 _SPACE_BETWEEN_CJK = re.compile(f"(?<=[{_CJK}])\\s+(?=[{_CJK}])")
@@ -55,16 +60,15 @@ class FunASREngine(Engine):
             log_level="ERROR",
             # AutoModel otherwise resets torch to 4 threads on every call.
             ncpu=torch.get_num_threads(),
+            # WavFrontend defaults to dither=1.0: random noise on every decode would make a retried
+            # chunk (or the same chunk in another batch) come back with other text. Set at build time:
+            # AutoModel restores a deep copy of its load-time frontend before every generate(), so an
+            # attribute set on the frontend afterwards is lost from the first call on.
+            frontend_conf={"dither": 0.0},
         )
         self.device = self._auto.kwargs["device"]  # AutoModel falls back to CPU without CUDA
         if fp16 and self.device.startswith("cuda"):
             _autocast_blocks(self._auto.model, "cuda", torch.float16)
-
-        frontend = self._auto.kwargs.get("frontend")
-        if hasattr(frontend, "dither"):
-            # WavFrontend defaults to dither=1.0: random noise on every decode would make a
-            # retried chunk (or the same chunk in another batch) come back with other text.
-            frontend.dither = 0.0
 
         name = type(self._auto.model).__name__
         self._sensevoice = name.startswith("SenseVoice")
@@ -113,10 +117,15 @@ class FunASREngine(Engine):
         kwargs: dict = {"batch_size": len(batch), "fs": SAMPLE_RATE}
         if self.supports_hotwords and options.hotwords:
             # FunASR splits this string on whitespace, so a multi-word phrase becomes several hotwords.
-            kwargs["hotword"] = " ".join(options.hotwords)
+            # Padded with spaces: FunASR reads a string starting with "http" as a URL to download, and one
+            # naming an existing .txt as a file to read (a client's hotwords must never reach either);
+            # padding leaves the words themselves unchanged (it strips them) and sends them down neither path.
+            kwargs["hotword"] = f" {' '.join(options.hotwords)} "
         if self._sensevoice:
             lang = options.language if options.language in _SENSEVOICE_LANGUAGES else "auto"
-            kwargs.update(language=lang, use_itn=True, output_timestamp=True)
+            # use_itn: numerals and punctuation written out by the model itself, unless the job said no;
+            # output_timestamp: token times from FunASR's CTC alignment of the decoded text
+            kwargs.update(language=lang, use_itn=options.itn is not False, output_timestamp=True)
         oom = None
         try:
             res = self._auto.generate(batch, **kwargs)
@@ -140,16 +149,26 @@ class FunASREngine(Engine):
 
 
 def _chunk_from_result(res: dict, duration: float, language: str | None) -> ChunkText:
-    """One FunASR result dict -> ChunkText; SenseVoice's <|lang|> tag overrides the hint."""
+    """One FunASR result dict -> ChunkText. SenseVoice's rich tags (<|zh|><|NEUTRAL|><|Speech|><|woitn|>)
+    become fields, never text: its language tag overrides the hint, emotion and event are kept."""
     raw = str(res.get("text", ""))
-    language = next((t for t in _TAG.findall(raw) if t in _SENSEVOICE_LANGUAGES - {"auto"}), language)
+    tags = _TAG.findall(raw)
+    language = next((t for t in tags if t in _SENSEVOICE_LANGUAGES - {"auto"}), language)
+    emotion = next((_EMOTIONS[t] for t in tags if _EMOTIONS.get(t)), None)
+    event = next((_EVENTS[t] for t in tags if _EVENTS.get(t)), None)
     spaced = _TAG.sub("", raw).strip()
     text = _SPACE_BETWEEN_CJK.sub("", spaced)
     if not text:
-        return ChunkText(text="", words=[], language=language)
+        return ChunkText(text="", words=[], language=language, emotion=emotion, event=event)
     # Paraformer's text is already split into stamped units ("字 字 word"); SenseVoice lists them.
-    units = res.get("words") or spaced.split()
-    return ChunkText(text=text, words=_words(units, res.get("timestamp") or [], duration), language=language)
+    units, stamps = res.get("words") or spaced.split(), res.get("timestamp") or []
+    if len(units) == len(stamps):
+        # SenseVoice aligns every token after the first four; a tag it wrote elsewhere is no word
+        kept = [(u, t) for u, t in zip(units, stamps) if not _TAG.fullmatch(str(u).strip())]
+        units, stamps = [u for u, _ in kept], [t for _, t in kept]
+    units = [u for u in units if not _TAG.fullmatch(str(u).strip())]
+    return ChunkText(text=text, words=_words(units, stamps, duration), language=language, emotion=emotion,
+                     event=event)
 
 
 def _autocast_blocks(model: torch.nn.Module, device_type: str, dtype: torch.dtype) -> None:

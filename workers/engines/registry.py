@@ -8,6 +8,9 @@ pyproject.toml; an engine that is not installed cannot be selected anywhere (set
 A model is named the same way everywhere (API, CLI, workers):
   bundled:<name>   a model a Python package ships (whisper: bundled:tiny.en)
   <folder>         a folder under ASRQ_MODELS_DIR (relative names always resolve there when it is set)
+  <hub name>       a FunASR short name (paraformer-zh) or hub id (iic/SenseVoiceSmall) of a model that
+                   `asrq models pull` installed under ASRQ_MODELS_DIR (workers/engines/hub.py); resolving
+                   one reads that folder only, nothing is ever downloaded here
   /abs/folder      the deployment's own default (ASRQ_MODEL) or the embedded command's --model; the API
                    refuses absolute paths from clients (app/schemas.py)
 """
@@ -26,6 +29,7 @@ from pathlib import Path
 
 from app.errors import ModelUnavailable, TransientError
 from app.settings import Settings, get_settings
+from workers.engines import hub
 from workers.engines.base import Engine, EngineOutOfMemory, EnginePlugin, EngineSpec
 
 log = logging.getLogger("asrq.engines")
@@ -140,7 +144,9 @@ def model_location(engine: str, model: str, models_dir: Path | None) -> Path | N
         return _bundled(engine).get(model[len(BUNDLED_PREFIX):])
     path = Path(model).expanduser()
     if not path.is_absolute() and models_dir is not None:
-        path = models_dir / path
+        if model.startswith("."):
+            return None  # a pull still downloading (or a leftover of one) is no model yet
+        path = hub.resolve(models_dir, model) or models_dir / path
     return path
 
 
@@ -161,7 +167,9 @@ def installed_models(engine: str, settings: Settings | None = None) -> list[str]
     names = [BUNDLED_PREFIX + n for n, p in _bundled(engine).items() if looks_like_model(engine, p)]
     d = settings.models_dir
     if d is not None and d.is_dir():
-        names += sorted(p.name for p in d.iterdir() if p.is_dir() and looks_like_model(engine, p))
+        # hidden folders are pulls still downloading (workers/engines/hub.py)
+        names += sorted(p.name for p in d.iterdir()
+                        if not p.name.startswith(".") and p.is_dir() and looks_like_model(engine, p))
     default = settings.model
     if settings.engine == engine and default not in names and model_installed(engine, default, settings):
         names.append(default)
@@ -177,8 +185,10 @@ def missing_model_reason(engine: str, model: str, settings: Settings | None = No
         return None
     have = installed_models(engine, settings)
     where = f" (models folder: {settings.models_dir})" if settings.models_dir is not None else ""
+    hint = (f"; {hub.install_hint(model, settings.models_dir)}"
+            if engine == "funasr" and hub.is_hub_name(model) else "")
     return (f"model {model!r} is not installed for engine {engine!r} on this deployment; installed: "
-            f"{', '.join(have) if have else 'none'}{where}")
+            f"{', '.join(have) if have else 'none'}{where}{hint}")
 
 
 # --- loading --------------------------------------------------------------------------------------------

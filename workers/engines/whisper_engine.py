@@ -21,11 +21,16 @@ WINDOW_S = 30.0
 
 def resolve_model_path(model: str, models_dir: Path | None = None) -> str:
     """A bundled model name, a folder, or a folder name under ASRQ_MODELS_DIR. Never a hub download."""
+    from workers.engines import bundled_base
+    from workers.engines.builtin import WHISPER
     from workers.engines.registry import BUNDLED_PREFIX, model_location
 
     path = model_location("whisper", model, models_dir)
     if path is None:
-        raise ValueError(f"unknown bundled model {model[len(BUNDLED_PREFIX):]!r} (known: tiny.en)")
+        known = ", ".join(WHISPER.bundled()) or "none"
+        raise ValueError(f"unknown bundled model {model[len(BUNDLED_PREFIX):]!r} (known: {known})")
+    if bundled_base.is_source(path):
+        path = bundled_base.joined_folder()  # the two halves, joined once per machine
     if not (path / "model.bin").is_file():
         raise ValueError(f"no CTranslate2 Whisper model at {path} (model.bin missing)")
     return str(path)
@@ -66,13 +71,17 @@ class WhisperEngine(Engine):
         language = options.language or ("en" if not self.multilingual else None)
         try:
             if language is None:
-                # one batch must share one language: detect per chunk and decode each language group
-                return self._by_detected_language(audios, options)
-            return self._decode_language(audios, language, options)
+                # a batch holds chunks of many jobs: each chunk's language is detected from its own
+                # audio and decoded with it, so no job's language is given to another's chunks (the
+                # job's language is then the vote of its chunks, at finalize)
+                results = self._by_detected_language(audios, options)
+            else:
+                results = self._decode_language(audios, language, options)
         except RuntimeError as e:
             if "out of memory" in str(e).lower():
                 raise EngineOutOfMemory(str(e)) from e
             raise
+        return [simplified(r) for r in results]
 
     def padded_s(self, duration_s: float) -> float:
         # the batched (CUDA) pass encodes every chunk as one full window, whatever its length
@@ -210,6 +219,17 @@ class WhisperEngine(Engine):
             words = [Word(round(w.start, 3), round(max(w.start, w.end), 3), w.word.strip())
                      for seg in list(segments) for w in (seg.words or [])]
         return ChunkText(text=" ".join(w.word for w in words), words=words, language=language)
+
+
+def simplified(result: ChunkText) -> ChunkText:
+    """Chinese in simplified characters, whichever script the model wrote (workers/chinese_script.py).
+    Done here, per chunk, where each chunk's language is known and before the result is stored, so chunk
+    rows, merge and every format agree; FunASR's Chinese models write simplified already."""
+    if result.language != "zh":
+        return result
+    from workers.chinese_script import simplify_chunk
+
+    return simplify_chunk(result)
 
 
 def _ct2_whisper(path: str, on_gpu: bool, compute_type: str, threads: int) -> Any:

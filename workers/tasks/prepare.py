@@ -10,12 +10,14 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
 
+from app import metrics
 from app.constants import PCM_BYTES_PER_SAMPLE, PCM_SAMPLE_RATE, TASK_PREPARE, pcm_key
 from app.db.models import Job, JobState
 from app.db.session import session_scope
 from app.settings import Settings, get_settings
 from app.storage import ObjectStore, get_store
 from workers.audio import decode_to_pcm, pcm_to_float
+from workers import fair_share
 from workers.celery_app import app
 from workers.chunking import ChunkingOptions, ChunkPlan, plan_chunks
 from workers.dispatch import send_finalize, send_transcribe, try_send
@@ -54,8 +56,10 @@ def prepare_job(job_id: uuid.UUID, resume_attempt: int | None = None) -> None:
             return
         attempt, tenant = job.prepare_attempts, job.tenant
         source_uri, filename, options = job.source_uri, job.filename, dict(job.options)
+    t0 = time.monotonic()
     try:
         _prepare_held(job_id, attempt, tenant, source_uri, filename, options, store, settings)
+        metrics.PREPARE_SECONDS.observe(time.monotonic() - t0)
     except TRANSIENT as e:
         # if the attempt cannot be given back now (the database is what failed), the retry resumes this
         # attempt instead of taking the job over as if its worker had died: an outage costs time, not
@@ -78,7 +82,9 @@ def _prepare_held(job_id: uuid.UUID, attempt: int, tenant: str, source_uri: str,
         _drop_audio_of_finished(job_id, store)
         return
     if chunk_ids:
-        try_send(send_transcribe, chunk_ids)
+        # the chunks' broker level: the tenant's standing now (workers/fair_share.py)
+        levels = fair_share.job_level(tenant, options.get("priority"), settings)
+        try_send(lambda ids: send_transcribe(ids, levels=levels), chunk_ids)
     elif not plans:
         try_send(send_finalize, [job_id])  # no speech: an empty transcript, still COMPLETED
 

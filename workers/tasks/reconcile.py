@@ -24,11 +24,13 @@ from datetime import datetime, timedelta
 from sqlalchemy import exists, select, update
 from sqlalchemy.orm import Session
 
+from app import metrics
 from app.constants import TASK_FINALIZE, TASK_PREPARE, TASK_RECONCILE, TASK_TRANSCRIBE
 from app.db.models import Chunk, ChunkState, Job, JobState, utcnow
 from app.db.session import session_scope
 from app.settings import get_settings
 from workers.celery_app import app
+from workers import fair_share
 from workers.dispatch import send_finalize, send_prepare, send_transcribe, try_send
 from workers.inventory import Inventory, read_inventory
 from workers.state import _advance, _fail_job_row, lock_jobs, log_state
@@ -64,6 +66,7 @@ class Candidates:
 
 def reconcile_once() -> dict:
     settings = get_settings()
+    keep_usage(settings)
     now = utcnow()
     stale = now - timedelta(seconds=settings.reconcile_stale_s)
     with session_scope() as s:
@@ -82,13 +85,29 @@ def reconcile_once() -> dict:
         prepare = touch_jobs(s, prepare, [JobState.QUEUED, JobState.PREPARING], stale, now)
         finalize = touch_jobs(s, finalize, [JobState.FINALIZING], stale, now) + finalize_now
         transcribe = touch_chunks(s, transcribe, stale, now)
-    try_send(send_prepare, prepare)
-    try_send(send_transcribe, transcribe)
+        # re-sent at their tenants' levels: after a broker flush, one tenant's backlog must not go ahead
+        # of another's work again
+        prepare_levels = fair_share.levels_for_jobs(s, prepare, settings) if prepare else []
+        transcribe_levels = fair_share.levels_for_chunks(s, transcribe, settings) if transcribe else []
+    try_send(lambda ids: send_prepare(ids, prepare_levels), prepare)
+    try_send(lambda ids: send_transcribe(ids, levels=transcribe_levels), transcribe)
     try_send(send_finalize, finalize)
     counts = {"prepare": len(prepare), "transcribe": len(transcribe), "finalize": len(finalize)}
+    for kind, n in counts.items():
+        metrics.RECONCILER_RESENDS.labels(kind).inc(n)
     if any(counts.values()):
         log.info("reconcile re-sent %s", counts)
     return counts
+
+
+def keep_usage(settings) -> None:  # noqa: ANN001
+    """Fold recently finished jobs into their tenants' decayed usage (fair share). Its own transaction:
+    a failure here costs fair-share precision, never a re-send."""
+    try:
+        with session_scope() as s:
+            fair_share.record_finished_usage(s, settings)
+    except Exception as e:  # noqa: BLE001 - the next beat counts the same jobs
+        log.warning("fair-share usage not updated this run: %s", type(e).__name__)
 
 
 def repair_transcribing(s: Session, stale: datetime) -> list[uuid.UUID]:

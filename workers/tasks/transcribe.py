@@ -18,6 +18,7 @@ from celery_batches import Batches
 from sqlalchemy import select
 from sqlalchemy.exc import DBAPIError, OperationalError
 
+from app import metrics
 from app.constants import TASK_TRANSCRIBE, pcm_key
 from app.db.models import Job
 from app.db.session import session_scope
@@ -32,11 +33,14 @@ from workers.dispatch import send_finalize, send_transcribe, try_send
 from workers.engines.base import DecodeOptions, Engine, EngineOutOfMemory
 from workers.engines.registry import get_engine
 from workers.lease import HeldChunks
+from workers.merge import stored_words
 from workers.pools import ProcessPool
 from workers.state import (
     ChunkWork,
     claim_chunks,
+    drop_chunks_of_finished,
     fail_chunks,
+    live_jobs,
     open_chunks,
     record_batch,
     release_chunks,
@@ -69,9 +73,11 @@ class ReconnectSafeBatches(Batches):
           flush_interval=_settings.batch_flush_interval_s, acks_late=True)
 def transcribe(requests) -> None:  # noqa: ANN001
     chunk_ids = [r.args[0] for r in requests if r.args]
+    # each message's fair-share level (workers/fair_share.py): the batches of the least served tenants run first
+    levels = {str(r.args[0]): int((r.delivery_info or {}).get("priority") or 0) for r in requests if r.args}
     worker = (requests[0].hostname if requests else None) or socket.gethostname()
     try:
-        process_chunks(chunk_ids, worker)
+        process_chunks(chunk_ids, worker, levels)
     except TRANSIENT as e:
         # could not even claim or record (database or storage down): send the messages again later
         log.warning("transcribe of %d chunks deferred: %s", len(chunk_ids), type(e).__name__)
@@ -97,10 +103,10 @@ def _report_to_monitors(requests, worker: str) -> None:  # noqa: ANN001
 
 def _options_key(w: ChunkWork) -> tuple:
     o = w.options
-    return (o.get("engine"), o.get("model"), o.get("language"), tuple(o.get("hotwords") or ()))
+    return (o.get("engine"), o.get("model"), o.get("language"), tuple(o.get("hotwords") or ()), o.get("itn"))
 
 
-def process_chunks(chunk_ids: list[str], worker: str) -> None:
+def process_chunks(chunk_ids: list[str], worker: str, levels: dict[str, int] | None = None) -> None:
     settings = get_settings()
     with session_scope() as s:
         todo = open_chunks(s, [uuid.UUID(c) for c in chunk_ids])
@@ -115,7 +121,12 @@ def process_chunks(chunk_ids: list[str], worker: str) -> None:
         # the others, so a poison chunk is charged its attempts and its batch-mates are not.
         fresh = [w for w in todo if w.attempts == 0]
         suspects = sorted((w for w in todo if w.attempts > 0), key=lambda w: w.attempts)
-        batches = [b for group in group_by(fresh, _options_key) for b in _plan(group, engines)]
+        level = (lambda w: (levels or {}).get(str(w.chunk_id), 0))
+        batches = [b for group in group_by(fresh, _options_key) for band in group_by(group, level)
+                   for b in _plan(band, engines)]
+        # lowest level first (stable: within a level, the planned order); a batch holds one level only,
+        # so a tenant with one job waits for the batches ahead of it in this flush, not for the whole flush
+        batches.sort(key=lambda b: level(b[0]))
         batches += [[w] for w in suspects]
         # claim and fetch the next batch's audio while the current one runs on the accelerator
         pending: Future | None = pool.submit(_claim_and_read, batches[0])
@@ -176,6 +187,8 @@ def _claim_and_read(batch: list[ChunkWork]) -> tuple[list[ChunkWork], list[np.nd
     with session_scope() as s:
         claimed, exhausted = claim_chunks(s, [w.chunk_id for w in batch], settings.chunk_lease_s,
                                           settings.max_attempts, options={w.job_id: w.options for w in batch})
+        for w in claimed + exhausted:
+            metrics.CHUNK_ATTEMPTS.labels(metrics.engine_of(w.options)).inc()
         if exhausted:
             fail_chunks(s, exhausted, f"gave up after {settings.max_attempts} attempts (the worker died or "
                                       "timed out on this audio each time)")
@@ -240,7 +253,12 @@ def _run_batch(batch: list[ChunkWork], audios: list[np.ndarray | Exception], wor
     unreadable = [(w, a) for w, a in zip(batch, audios)
                   if isinstance(a, Exception) and not isinstance(a, ObjectNotFound)]
     with session_scope() as s:
-        fail_chunks(s, missing, "the prepared audio is missing from storage")
+        # a job that ended while its chunk was read (failed by another chunk, cancelled) has its audio
+        # deleted: that is its end, not this chunk's failure; for a live job the audio is really lost
+        live = live_jobs(s, {w.job_id for w in missing})
+        drop_chunks_of_finished(s, [w for w in missing if w.job_id not in live],
+                                "the job finished before this chunk ran")
+        fail_chunks(s, [w for w in missing if w.job_id in live], "the prepared audio is missing from storage")
     if unreadable:
         _retry_unreadable([w for w, _ in unreadable], unreadable[0][1])
     if not ok:
@@ -255,7 +273,14 @@ def _run_batch(batch: list[ChunkWork], audios: list[np.ndarray | Exception], wor
         with session_scope() as s:
             fail_chunks(s, [w for w, _ in ok], str(e))
         return
-    options = DecodeOptions(language=o.get("language"), hotwords=tuple(o.get("hotwords") or ()))
+    if o.get("hotwords") and not engine.supports_hotwords:
+        # the API refuses this where the model's folder tells (workers/engines/hotwords.py); an engine it
+        # cannot judge says so once loaded, and the job fails rather than silently ignore its hotwords
+        with session_scope() as s:
+            fail_chunks(s, [w for w, _ in ok], f"model {o['model']!r} of engine {o['engine']!r} does not "
+                                               "support hotwords; send the job without them or name a model that does")
+        return
+    options = DecodeOptions(language=o.get("language"), hotwords=tuple(o.get("hotwords") or ()), itn=o.get("itn"))
 
     def infer(pairs: list[tuple[ChunkWork, np.ndarray]]) -> list:
         faults.oom_if_too_big(len(pairs))
@@ -314,8 +339,12 @@ def _store_results(work: list[ChunkWork], texts: list, infer_s: float, worker: s
         batch_id = record_batch(s, worker, engine, work, infer_s)
         finished = save_results(
             s, batch_id,
-            [(w, t.text, [[x.start_s, x.end_s, x.word] for x in t.words], t.language) for w, t in zip(work, texts)],
+            [(w, t.text, stored_words(t.words, t.emotion, t.event), t.language) for w, t in zip(work, texts)],
+            infer_s,
         )
+    audio_s = sum(w.duration_s for w in work)
     log.info("batch=%s worker=%s chunks=%d jobs=%d audio_s=%.1f infer_s=%.2f", batch_id, worker, len(work),
-             len({w.job_id for w in work}), sum(w.duration_s for w in work), infer_s)
+             len({w.job_id for w in work}), audio_s, infer_s)
+    # labelled by engine name, as the job counters are (the spec also names the model)
+    metrics.observe_batch(worker, metrics.engine_of(work[0].options) if work else engine, len(work), audio_s, infer_s)
     try_send(send_finalize, finished)

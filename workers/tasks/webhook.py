@@ -1,35 +1,39 @@
-"""webhook: one completion POST per run, on the maintenance queue so a slow receiver never holds the
-workers that prepare and finalize jobs. Retried by Celery a bounded number of times; never raises."""
+"""webhook tasks, on the maintenance queue so a slow receiver never holds the workers that prepare and
+finalize jobs: the beat's sweep sends the deliveries that are due, and each delivery task makes one
+signed POST and schedules the next try (workers/webhooks.py). Neither raises: the rows carry every retry."""
 
 from __future__ import annotations
 
 import logging
+import uuid
 
-from app.constants import TASK_WEBHOOK
-from app.errors import PermanentError, TransientError
+from app.constants import TASK_WEBHOOK, TASK_WEBHOOK_SWEEP
+from app.db.session import session_scope
 from app.settings import get_settings
 from workers.celery_app import app
-from workers.webhooks import post_webhook, retry_delay_s
+from workers.webhooks import deliver, dispatch_due, send_deliveries
 
 log = logging.getLogger("asrq.webhooks")
 
 
-@app.task(name=TASK_WEBHOOK, bind=True)
-def webhook(self, url: str, payload: dict) -> bool:  # noqa: ANN001
-    settings = get_settings()
-    job, tries = payload.get("job_id"), self.request.retries + 1
+@app.task(name=TASK_WEBHOOK, ignore_result=True)
+def webhook(delivery_id: str, n: int) -> str | None:
     try:
-        post_webhook(url, payload, settings)
-        return True
-    except TransientError as e:
-        if tries >= settings.webhook_max_tries:
-            log.warning("webhook for job=%s not delivered after %d tries: %s", job, tries, e)
-            return False
-        log.info("webhook for job=%s try %d failed (%s); retrying", job, tries, e)
-        raise self.retry(countdown=retry_delay_s(self.request.retries, settings), max_retries=None) from e
-    except PermanentError as e:
-        log.warning("webhook for job=%s refused: %s", job, e)
-        return False
-    except Exception:  # noqa: BLE001 - a bug here must cost one webhook, not the worker
-        log.exception("webhook for job=%s failed unexpectedly", job)
-        return False
+        with session_scope() as s:
+            result = deliver(s, uuid.UUID(str(delivery_id)), int(n), get_settings())
+        return result.outcome if result else None
+    except Exception as e:  # noqa: BLE001 - the row comes due again after its claim period
+        log.warning("webhook delivery=%s try %s not made: %s", delivery_id, n, type(e).__name__)
+        return None
+
+
+@app.task(name=TASK_WEBHOOK_SWEEP, ignore_result=True)
+def webhook_sweep() -> int:
+    try:
+        with session_scope() as s:
+            due = dispatch_due(s, get_settings())
+        send_deliveries(due)
+        return len(due)
+    except Exception as e:  # noqa: BLE001 - the next beat tries again
+        log.warning("webhook sweep skipped: %s", type(e).__name__)
+        return 0
