@@ -30,7 +30,7 @@ run: $(STAMP)
 	$(BIN)/asrq transcribe app/samples/sample.flac --format srt --out out
 
 test: $(STAMP) deps
-	$(BIN)/python -m pytest -q -m "not chaos"
+	$(BIN)/python -m pytest -q -m "not chaos" -n 2 --dist loadfile --durations=25
 
 # after asrq itself (a fresh or re-created venv reinstalls it too); --no-deps: it needs only asrq and numpy
 $(INSTANT_STAMP): $(STAMP) $(INSTANT)/pyproject.toml

@@ -56,6 +56,10 @@ class ObjectStore(ABC):
     @abstractmethod
     def delete_prefix(self, prefix: str) -> int: ...
 
+    def delete(self, key: str) -> None:
+        """Remove one object (missing is fine). One request where delete_prefix needs a listing first."""
+        self.delete_prefix(key)
+
     @abstractmethod
     def ping(self) -> None: ...
 
@@ -215,6 +219,9 @@ class S3Store(ObjectStore):
                 self._call(self.client.delete_objects, Bucket=self.bucket, Delete={"Objects": keys})
                 n += len(keys)
         return n
+
+    def delete(self, key: str) -> None:
+        self._call(self.client.delete_object, Bucket=self.bucket, Key=self._key(key))
 
     def ping(self) -> None:
         self._call(self.client.head_bucket, Bucket=self.bucket)

@@ -20,7 +20,8 @@ from tests.services import (  # noqa: E402
     running_stack,
 )
 
-REDIS_TEST_DB = int(os.environ.get("ASRQ_TEST_REDIS_DB", "11"))
+# each pytest-xdist worker (make test runs two, one test file at a time each) flushes a Redis db of its own
+REDIS_TEST_DB = int(os.environ.get("ASRQ_TEST_REDIS_DB", "11")) + int(os.environ.get("PYTEST_XDIST_WORKER", "gw0")[2:])
 
 
 def pytest_collection_modifyitems(config, items):  # noqa: ANN001

@@ -74,7 +74,7 @@ def test_uri_batch_and_delete(stack):
         assert done[ids[1]]["state"] == "FAILED" and "not found" in done[ids[1]]["error"]
         deleted = c.delete(ids[0])
         assert deleted["state"] == "COMPLETED"
-        assert c.http.get(f"/v1/jobs/{ids[0]}/transcript").status_code == 404
+        assert c.http.get(f"/v1/jobs/{ids[0]}/transcript").status_code == 410  # deleted: gone, not unknown
 
 
 def test_idempotency_key(stack):

@@ -56,8 +56,9 @@ def test_option_defaults():
     assert not itn_applies(None, "en") and not itn_applies(None, None)
     assert itn_applies(True, "en") and not itn_applies(False, "zh")
     # stored on the job: decided at submission when the language is known, else at finalize
-    assert resolve_itn(None, "zh") is True and resolve_itn(None, "en") is False and resolve_itn(None, None) is None
-    assert resolve_itn(False, None) is False
+    # stored as given: unset stays unset, decided by language where it is used
+    assert resolve_itn(None, "zh") is None and resolve_itn(None, "en") is None and resolve_itn(None, None) is None
+    assert resolve_itn(False, None) is False and resolve_itn(True, "en") is True
 
 
 def test_itn_after_merge_keeps_the_timeline():
@@ -82,7 +83,7 @@ def test_itn_option_through_the_pipeline(stack):
         on = c.submit_file(AUDIO / "en_jfk_ask_not_11s.flac", {"itn": True})
         off = c.submit_file(AUDIO / "en_jfk_ask_not_11s.flac", {"language": "en"})
         auto = c.submit_file(AUDIO / "en_jfk_ask_not_11s.flac", {})
-        assert (on["options"]["itn"], off["options"]["itn"], auto["options"]["itn"]) == (True, False, None)
+        assert (on["options"]["itn"], off["options"]["itn"], auto["options"]["itn"]) == (True, None, None)
         done = c.wait([on["id"], off["id"], auto["id"]], timeout_s=300)
         assert all(j["state"] == "COMPLETED" for j in done.values()), (done, stack.logs())
         docs = [json.loads(c.transcript(j["id"], "json")) for j in (on, off, auto)]

@@ -212,6 +212,7 @@ def test_punctuated_job_through_the_pipeline(stack):
         assert doc["segments"][-1]["text"].endswith(SENTENCE_MARKS)  # the text is closed with a full stop
         assert sum(w["word"].endswith(SENTENCE_MARKS) for w in words) >= 2, doc["text"]
         srt = c.transcript(jid, "srt").decode()
+        print("SRT of the punctuated tiny Paraformer job:\n" + srt)  # shown with -s
         assert [b.splitlines()[2] for b in srt.strip().split("\n\n")] == [s["text"] for s in doc["segments"]]
 
         bad = functools.partial(c.http.post, "/v1/jobs")

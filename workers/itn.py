@@ -39,10 +39,11 @@ def itn_applies(itn: bool | None, language: str | None) -> bool:
     return bool(language) and language.lower().replace("_", "-").split("-")[0] == "zh"
 
 
-def resolve_itn(itn: bool | None, language: str | None) -> bool | None:
-    """The option as stored on the job: decided at submission when the language is known, else left
-    None and decided at finalize from the language the engine detected."""
-    return itn_applies(itn, language) if itn is not None or language else None
+def resolve_itn(itn: bool | None, language: str | None) -> bool | None:  # noqa: ARG001
+    """The option as stored on the job: as the client gave it. None (unset) is decided where it is used:
+    at finalize from the job's language (itn_applies), and by an engine with its own ITN (SenseVoice's
+    use_itn, on unless the job said no), so an English SenseVoice job keeps the model's punctuation."""
+    return itn
 
 
 @functools.lru_cache(maxsize=1)

@@ -472,6 +472,26 @@ def begin_finalize(session: Session, job_id: uuid.UUID, max_attempts: int, lease
     return attempt
 
 
+def begin_finalize_more(session: Session, exclude: uuid.UUID, limit: int, lease_s: float) -> list[tuple[uuid.UUID, int]]:
+    """Take the leases of up to ``limit`` other FINALIZING jobs that are punctuated, were never taken
+    (first attempt) and are held by nobody, oldest first, skipping rows another worker is locking: a
+    finalize punctuates them with its own job in one model call. Returns (job id, attempt) pairs."""
+    now = utcnow()
+    waiting = (select(Job.id)
+               .where(Job.state == JobState.FINALIZING, Job.finalize_attempts == 0, Job.lease_until.is_(None),
+                      Job.id != exclude, Job.options["punc_model"].as_string() != "none")
+               .order_by(Job.updated_at).limit(limit).with_for_update(skip_locked=True))
+    taken = session.execute(
+        update(Job)
+        .where(Job.id.in_(waiting.scalar_subquery()), Job.state == JobState.FINALIZING,
+               Job.finalize_attempts == 0, Job.lease_until.is_(None))
+        .values(finalize_attempts=1, lease_until=now + timedelta(seconds=lease_s), updated_at=now)
+        .returning(Job.id)
+    ).scalars().all()
+    session.commit()
+    return [(jid, 1) for jid in taken]
+
+
 def requeue_finalize(session: Session, job_id: uuid.UUID) -> None:
     """A finalize that met a transient error gives its lease and attempt back, so its retry may run."""
     session.execute(update(Job).where(Job.id == job_id, Job.state == JobState.FINALIZING)
