@@ -78,8 +78,9 @@ def _prepare_held(job_id: uuid.UUID, attempt: int, tenant: str, source_uri: str,
             with session_scope() as s:
                 chunk_ids = save_plan(s, job_id, attempt, plans, duration_s)
     if lease.lost or (plans and not chunk_ids):
-        log.info("job=%s prepare attempt %d lost the job; dropping its plan", job_id, attempt)
         _drop_audio_of_finished(job_id, store)
+        # logged once the audio is gone: what follows this line finds nothing of the attempt left
+        log.info("job=%s prepare attempt %d lost the job; dropping its plan", job_id, attempt)
         return
     if chunk_ids:
         # the chunks' broker level: the tenant's standing now (workers/fair_share.py)
