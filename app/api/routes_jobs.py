@@ -11,7 +11,7 @@ from typing import BinaryIO
 from fastapi import APIRouter, BackgroundTasks, Depends, Header, HTTPException, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, RedirectResponse, Response
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 from starlette.datastructures import UploadFile
 
 from app.api.auth import current_tenant
@@ -159,17 +159,21 @@ async def submit_job(
     return JSONResponse(out.model_dump(mode="json"), 202 if created else 200)
 
 
-async def _batch_body(request: Request, _tenant: str = Depends(current_tenant)) -> BatchCreate:
-    """The batch, read only once the key was checked: FastAPI reads and decodes a declared body parameter
+async def _json_body(request: Request, model: type[BaseModel], example: str) -> BaseModel:
+    """A JSON body read only once the key was checked: FastAPI reads and decodes a declared body parameter
     before it runs any dependency, so an unauthenticated client could make it parse up to the body cap."""
     if not request.headers.get("content-type", "").startswith("application/json"):
-        raise HTTPException(415, 'send JSON: {"jobs": [{"source_uri": ...}, ...]}')
+        raise HTTPException(415, f"send JSON: {example}")
     raw = await request.body()
     try:
         # up to max_json_bytes of JSON: decoded off the event loop so other requests keep moving
-        return await run_in_threadpool(BatchCreate.model_validate_json, raw)
+        return await run_in_threadpool(model.model_validate_json, raw)
     except ValidationError as e:
         raise _validation_422(e) from e
+
+
+async def _batch_body(request: Request, _tenant: str = Depends(current_tenant)) -> BatchCreate:
+    return await _json_body(request, BatchCreate, '{"jobs": [{"source_uri": ...}, ...]}')
 
 
 @router.post("/jobs/batch", status_code=202, response_model=BatchOut, summary="Submit many recordings by URI",
@@ -201,14 +205,7 @@ def submit_batch(request: Request, background: BackgroundTasks, tenant: str = De
 
 
 async def _status_body(request: Request, _tenant: str = Depends(current_tenant)) -> StatusQuery:
-    """Read after authentication, like the batch body (see _batch_body)."""
-    if not request.headers.get("content-type", "").startswith("application/json"):
-        raise HTTPException(415, 'send JSON: {"ids": ["<job id>", ...]}')
-    raw = await request.body()
-    try:
-        return await run_in_threadpool(StatusQuery.model_validate_json, raw)
-    except ValidationError as e:
-        raise _validation_422(e) from e
+    return await _json_body(request, StatusQuery, '{"ids": ["<job id>", ...]}')
 
 
 @router.post("/jobs/status", response_model=StatusOut, summary="State and progress of many jobs in one call",
