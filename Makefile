@@ -30,6 +30,8 @@ run: $(STAMP)
 	$(BIN)/asrq transcribe app/samples/sample.flac --format srt --out out
 
 test: $(STAMP) deps
+	# layers point one way, no import cycles ([tool.importlinter] in pyproject.toml)
+	$(BIN)/lint-imports --no-cache
 	$(BIN)/python -m pytest -q -m "not chaos" -n 2 --dist loadfile --durations=25
 
 # after asrq itself (a fresh or re-created venv reinstalls it too); --no-deps: it needs only asrq and numpy

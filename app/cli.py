@@ -5,15 +5,13 @@ from __future__ import annotations
 import json
 import logging
 import os
-import subprocess
 import sys
-import time
 import uuid
 from pathlib import Path
 
 import click
 
-from app.constants import ALL_QUEUES, CPU_QUEUES, TRANSCRIPT_FORMATS, source_key, transcript_key
+from app.constants import ALL_QUEUES, CPU_QUEUES, TRANSCRIPT_FORMATS
 from app.settings import get_settings
 
 AUDIO_SUFFIXES = {".wav", ".flac", ".mp3", ".m4a", ".aac", ".ogg", ".opus", ".oga", ".wma", ".aif", ".aiff",
@@ -29,26 +27,23 @@ def cli() -> None:
     """asrq: transcribe recordings at scale."""
 
 
+def _check_engine() -> None:
+    """ASRQ_ENGINE names an installed engine: checked when a command that runs the service starts."""
+    from app.catalog.plugins import check_engine_setting
+
+    try:
+        check_engine_setting(get_settings())
+    except ValueError as e:
+        raise click.ClickException(str(e)) from e
+
+
 # --- embedded one-shot -------------------------------------------------------------------------
 
-def start_local_worker(log_file: Path) -> subprocess.Popen:
-    """A real Celery worker on every queue, on whatever broker the settings name (embedded: no server)."""
-    from workers.launcher import WorkerSpec
-
-    settings = get_settings()
-    spec = WorkerSpec(f"local-{os.getpid()}@localhost", list(ALL_QUEUES), {}, pool="solo",
-                      prefetch=settings.batch_max_requests)
-    log_file.parent.mkdir(parents=True, exist_ok=True)
-    with open(log_file, "ab") as out:
-        return subprocess.Popen(spec.argv(settings), stdout=out, stderr=subprocess.STDOUT,
-                                env={**os.environ, "ASRQ_WARM_ENGINE": "0"})
-
-
 def _installed_engine(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
-    """--engine of the embedded command: an engine plug-in installed here (workers/engines/registry.py)."""
+    """--engine of the embedded command: an engine plug-in installed here (app/catalog/plugins.py)."""
     if value is None:
         return None
-    from workers.engines.registry import unknown_engine_reason
+    from app.catalog.plugins import unknown_engine_reason
 
     if (reason := unknown_engine_reason(value)) is not None:
         raise click.BadParameter(reason)
@@ -74,81 +69,25 @@ def _fmt_clock(t: float) -> str:
 def transcribe(files: tuple[Path, ...], fmt: str, out_dir: Path, engine: str | None, model: str | None,
                language: str | None, timeout_s: float) -> None:
     """Transcribe FILES here and now (embedded: SQLite, local broker and folder, no servers)."""
-    from pydantic import ValidationError
+    from app.db.models import JobState
+    from app.embedded import EmbeddedError, read_transcript, transcribe_files
 
-    from app.db.migrate import upgrade
-    from app.db.models import Job, JobState
-    from app.db.session import session_scope
-    from app.errors import PermanentError
-    from app.jobs import NewJob, create_job, resolved_options
-    from app.schemas import JobOptions
-    from app.sources import UPLOAD_SCHEME, safe_filename
-    from app.storage import get_store
-    from workers.dispatch import send_prepare
-
-    from workers.engines.hub import resolve as hub_resolve
-
-    settings = get_settings()
-    pulled = model is not None and settings.models_dir is not None and not model.startswith(("/", "~", ".")) \
-        and hub_resolve(settings.models_dir, model) is not None  # a hub id (iic/SenseVoiceSmall) someone pulled
-    if model is not None and not model.startswith("bundled:") and not pulled and (
-            "/" in model or model.startswith("~") or settings.models_dir is None):
-        # a model folder on this machine: jobs name it by absolute path, as a deployment's ASRQ_MODEL does
-        # (the API takes only bundled names and folders under ASRQ_MODELS_DIR from clients)
-        folder = str(Path(model).expanduser().resolve())
-        settings = settings.model_copy(update={"engine": engine or settings.engine, "model": folder})
-        engine = model = None
+    _check_engine()
     try:
-        options = JobOptions(engine=engine, model=model, language=language)
-        resolved_options(options, settings)  # a model that is not installed: refused before anything runs
-    except ValidationError as e:
-        raise click.ClickException("; ".join(err["msg"] for err in e.errors())) from e
-    except PermanentError as e:
+        outcomes = transcribe_files(list(files), engine, model, language, timeout_s)
+    except EmbeddedError as e:
         raise click.ClickException(str(e)) from e
-    upgrade(settings.database_url)
-    store = get_store()
-    jobs: dict[uuid.UUID, Path] = {}
-    with session_scope() as s:
-        for path in files:
-            job_id = uuid.uuid4()
-            name = safe_filename(path.name)
-            store.put_file(source_key(job_id, name), path)
-            create_job(s, "local", NewJob(f"{UPLOAD_SCHEME}:{name}", name, options), settings, job_id)
-            jobs[job_id] = path
-    worker = start_local_worker(settings.home / "logs" / "worker.log")
-    try:
-        send_prepare(list(jobs))
-        deadline = time.monotonic() + timeout_s
-        while True:
-            with session_scope() as s:
-                states = {j.id: j for j in s.query(Job).filter(Job.id.in_(list(jobs)))}
-            if all(j.state.terminal for j in states.values()):
-                break
-            if worker.poll() is not None:
-                raise click.ClickException(f"the worker exited (rc={worker.returncode}); see "
-                                           f"{settings.home / 'logs' / 'worker.log'}")
-            if time.monotonic() > deadline:
-                raise click.ClickException(f"timed out after {timeout_s:.0f} s")
-            time.sleep(0.2)
-    finally:
-        worker.terminate()
-        try:
-            worker.wait(30)
-        except subprocess.TimeoutExpired:
-            worker.kill()
     out_dir.mkdir(parents=True, exist_ok=True)
     failed = 0
-    for job_id, path in jobs.items():
-        job = states[job_id]
-        if job.state != JobState.COMPLETED:
+    for o in outcomes:
+        if o.state != JobState.COMPLETED:
             failed += 1
-            click.echo(f"{path.name}: {job.state.value}: {job.error}", err=True)
+            click.echo(f"{o.path.name}: {o.state.value}: {o.error}", err=True)
             continue
-        data = store.get_bytes(transcript_key(job_id, fmt))
-        dest = out_dir / f"{path.stem}.{fmt}"
+        data, doc = read_transcript(o.job_id, fmt)
+        dest = out_dir / f"{o.path.stem}.{fmt}"
         dest.write_bytes(data)
-        doc = json.loads(store.get_bytes(transcript_key(job_id, "json")))
-        click.echo(f"# {path.name} ({doc['duration_s']:.1f} s) -> {dest}")
+        click.echo(f"# {o.path.name} ({doc['duration_s']:.1f} s) -> {dest}")
         for seg in doc["segments"]:
             click.echo(f"[{_fmt_clock(seg['start'])} --> {_fmt_clock(seg['end'])}] {seg['text']}")
     if failed:
@@ -176,6 +115,7 @@ def api(host: str, port: int, n_workers: int) -> None:
 
     settings = get_settings()
     _setup_logging()
+    _check_engine()
     if settings.database_url.startswith("sqlite"):
         from app.db.migrate import upgrade
 
@@ -226,25 +166,19 @@ def _keys_exist(settings) -> bool:  # noqa: ANN001
 def worker(queues: str, gpus: str | None, concurrency: int | None, beat: bool, metrics_port: int | None,
            metrics_host: str) -> None:
     """Run workers: CPU queues (prepare, finalize, maintenance) or transcribe processes pinned to GPUs."""
-    from workers.launcher import WorkerSpec, supervise, transcribe_specs
-
-    _setup_logging()
-    settings = get_settings()
-    if gpus is not None:
-        specs = transcribe_specs(gpus, settings)
-    else:
-        names = [q.strip() for q in queues.split(",") if q.strip()]
-        unknown = set(names) - set(ALL_QUEUES)
-        if unknown:
-            raise click.ClickException(f"unknown queues: {', '.join(sorted(unknown))}")
-        warm = {"ASRQ_WARM_VAD": "1"} if "prepare" in names else {}
-        specs = [WorkerSpec(f"cpu@{os.uname().nodename}", names, warm, concurrency=concurrency or os.cpu_count() or 1,
-                            beat=beat)]
-    if metrics_port is not None:
-        from workers.launcher import serve_metrics
-
-        serve_metrics(specs, settings, metrics_port, metrics_host)
-    sys.exit(supervise(specs, settings))
+    names = [q.strip() for q in queues.split(",") if q.strip()]
+    unknown = set(names) - set(ALL_QUEUES)
+    if gpus is None and unknown:
+        raise click.ClickException(f"unknown queues: {', '.join(sorted(unknown))}")
+    _check_engine()
+    # the workers are a program of their own (workers/launcher.py): this process becomes it
+    argv = [sys.executable, "-m", "workers.launcher", "--metrics-host", metrics_host]
+    argv += ["--gpus", gpus] if gpus is not None else ["--queues", ",".join(names)]
+    argv += ["--concurrency", str(concurrency)] if concurrency is not None else []
+    argv += ["--beat"] if beat else []
+    argv += ["--metrics-port", str(metrics_port)] if metrics_port is not None else []
+    sys.stdout.flush()
+    os.execv(sys.executable, argv)
 
 
 @cli.group()
@@ -311,7 +245,7 @@ def keys_webhook_secret(tenant: str, rotate: bool) -> None:
     the webhook-signature header with (Standard Webhooks)."""
     from app.db.migrate import upgrade
     from app.db.session import session_scope
-    from workers.webhooks import rotate_secret, tenant_secret
+    from app.webhooks import rotate_secret, tenant_secret
 
     upgrade(get_settings().database_url)
     with session_scope() as s:
@@ -341,7 +275,7 @@ def _human_bytes(n: int) -> str:
 def models_pull(name: str, hub: str, revision: str | None, force: bool) -> None:
     """Download the FunASR model NAME (paraformer-zh, ct-punc, iic/SenseVoiceSmall, ...) into
     ASRQ_MODELS_DIR, once. Jobs then name it by NAME, its hub id or its folder; workers never download."""
-    from workers.engines.hub import PullError, pull
+    from app.catalog.hub import PullError, pull
 
     _setup_logging("WARNING")
     models_dir = get_settings().models_dir
@@ -360,8 +294,9 @@ def models_pull(name: str, hub: str, revision: str | None, force: bool) -> None:
 @click.option("--json", "as_json", is_flag=True, help="one JSON document")
 def models_list(as_json: bool) -> None:
     """Installed models of every engine, as jobs name them, with their size and where they came from."""
-    from workers.engines.hub import folder_size_bytes, read_manifest
-    from workers.engines.registry import engine_names, installed_models, model_location
+    from app.catalog.hub import folder_size_bytes, read_manifest
+    from app.catalog.models import installed_models, model_location
+    from app.catalog.plugins import engine_names
 
     settings = get_settings()
     rows = []
@@ -445,7 +380,7 @@ def submit(sources: tuple[str, ...], wait: bool, engine: str | None, model: str 
     """Submit FILE, DIR or s3://bucket/prefix/ to the API; prints one job ID per line."""
     from tqdm import tqdm
 
-    from app.schemas import parse_hotwords_text
+    from app.hotword_list import parse_hotwords_text
 
     words = list(hotwords)
     if hotwords_file is not None:

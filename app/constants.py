@@ -11,7 +11,7 @@ QUEUE_MAINTENANCE = "maintenance"
 ALL_QUEUES = (QUEUE_PREPARE, QUEUE_TRANSCRIBE, QUEUE_FINALIZE, QUEUE_MAINTENANCE)
 CPU_QUEUES = (QUEUE_PREPARE, QUEUE_FINALIZE, QUEUE_MAINTENANCE)
 # broker priority levels (Redis: one list per level, "<queue>\x06\x16<level>" for levels above 0; level 0,
-# the queue's own list, is served first). workers/fair_share.py decides each message's level
+# the queue's own list, is served first). app/fair_share.py decides each message's level
 PRIORITY_STEPS = tuple(range(10))
 
 TASK_PREPARE = "asrq.prepare"

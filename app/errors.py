@@ -30,7 +30,7 @@ class ModelUnavailable(PermanentError):
 class ModelNotInstalled(BadSource):
     """At submission: the job names a model this deployment does not have. A BadSource, so the API answers
     422 like any other request naming something that cannot be processed; the message lists what is
-    installed (workers.engines.registry.missing_model_reason)."""
+    installed (app.catalog.models.missing_model_reason)."""
 
 
 class TooManyQueued(AsrqError):

@@ -7,23 +7,30 @@ import copy
 import hashlib
 import json
 import logging
-import time
+import threading
 import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
+from cachetools import TTLCache
 from sqlalchemy import String, Uuid, and_, any_, bindparam, cast, func, insert, or_, select, update
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from app import metrics
+from app.catalog.hotwords import merge as merge_hotwords
+from app.catalog.models import BUNDLED_PREFIX, installed_models, missing_model_reason, model_location
+from app.catalog.plugins import engines, unknown_engine_reason
+from app.catalog.postprocess import resolve_itn, resolve_punc_model
 from app.constants import job_prefix
-from app.db.models import TERMINAL_JOB_STATES, Chunk, ChunkState, Job, JobState, utcnow
+from app.db.models import TERMINAL_JOB_STATES, Chunk, Job, JobState, utcnow
 from app.errors import ModelNotInstalled, PermanentError
-from app.schemas import MAX_HOTWORDS, JobCreate, JobOptions, JobOut, Progress, Timings
+from app.hotword_list import MAX_HOTWORDS
+from app.lifecycle import cancel_job
+from app.schemas import JobCreate, JobOptions, JobOut, Progress, Timings
 from app.settings import Settings
 from app.storage import ObjectStore
 
@@ -50,31 +57,24 @@ class NewJob:
 
 #: resolved option sets, reused for a few seconds: a 10,000-job batch names a handful of option sets, and
 #: resolving one reads model folders (about 3 ms); short-lived, so a model pulled or removed counts soon
-_RESOLVED_TTL_S = 5.0
-_resolved: dict[tuple[str, int], tuple[float, dict]] = {}
+_resolved: TTLCache = TTLCache(maxsize=256, ttl=5.0)
+_resolved_lock = threading.Lock()
 
 
 def resolved_options(opts: JobOptions, settings: Settings) -> dict:
     """Options with the deployment's defaults filled in, stored on the job so a job never changes engine."""
     key = (opts.model_dump_json(), id(settings))
-    now = time.monotonic()
-    hit = _resolved.get(key)
-    if hit is not None and now - hit[0] < _RESOLVED_TTL_S:
-        return copy.deepcopy(hit[1])
+    with _resolved_lock:
+        hit = _resolved.get(key)
+    if hit is not None:
+        return copy.deepcopy(hit)
     out = _resolve_options(opts, settings)
-    if len(_resolved) > 256:
-        _resolved.clear()
-    _resolved[key] = (now, copy.deepcopy(out))
+    with _resolved_lock:
+        _resolved[key] = copy.deepcopy(out)
     return out
 
 
 def _resolve_options(opts: JobOptions, settings: Settings) -> dict:
-    from workers.engines.hotwords import merge as merge_hotwords
-    from workers.itn import resolve_itn
-    from workers.punctuation import resolve_punc_model
-    from workers.engines.registry import (BUNDLED_PREFIX, engines, installed_models, missing_model_reason,
-                                          model_location, unknown_engine_reason)
-
     engine = opts.engine or settings.engine
     if (unknown := unknown_engine_reason(engine)) is not None:
         raise ModelNotInstalled(unknown)
@@ -299,22 +299,7 @@ def cancel_or_delete(session: Session, store: ObjectStore, tenant: str, job_id: 
     its chunk rows hold. The job row stays (state, timings, error) until retention removes it."""
     job = get_job(session, tenant, job_id)
     if job.state not in TERMINAL_JOB_STATES:
-        # conditional update: a worker finishing at this instant wins or loses cleanly
-        res = session.execute(
-            update(Job)
-            .where(Job.id == job_id, Job.state.not_in(list(TERMINAL_JOB_STATES)))
-            .values(state=JobState.CANCELLED, finished_at=utcnow(), error="cancelled by client")
-        )
-        if res.rowcount:
-            from workers.webhooks import note_job_end
-
-            note_job_end(session, job_id, JobState.CANCELLED)  # its webhook row, in this same transaction
-        session.execute(
-            update(Chunk).where(Chunk.job_id == job_id, Chunk.state != ChunkState.DONE).values(state=ChunkState.FAILED)
-        )
-        session.commit()
-        if res.rowcount:
-            log.info("job=%s state=CANCELLED", job_id)
+        cancel_job(session, job_id)
     store.delete_prefix(job_prefix(job_id))
     # the job is finished now (cancelled here or by its own end): nothing writes its chunks any more
     now = utcnow()

@@ -1,6 +1,6 @@
 """Prometheus metrics: every name asrq exposes, in base units, and how processes serve them.
 
-Counters and histograms are updated where the event happens (state changes in workers/state.py, batches
+Counters and histograms are updated where the event happens (state changes in app/lifecycle.py, batches
 in workers/tasks/transcribe.py, re-sends in workers/tasks/reconcile.py, webhook tries). A process that
 forks (Celery's prefork pool, uvicorn with several workers) writes them to files under
 ``PROMETHEUS_MULTIPROC_DIR``, which its parent sets and cleans at start (workers/launcher.py, `asrq api`);
@@ -18,10 +18,12 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from prometheus_client import CONTENT_TYPE_LATEST as CONTENT_TYPE
+from prometheus_client import CONTENT_TYPE_LATEST as CONTENT_TYPE  # noqa: F401 - the API serves it
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.multiprocess import MultiProcessCollector
+
+from app.messaging import queue_depths
 
 log = logging.getLogger("asrq.metrics")
 
@@ -187,41 +189,6 @@ class StateCollector:
         for queue, n in sorted(queues.items()):
             depth.add_metric([queue], n)
         yield depth
-
-
-def queue_depths(settings) -> dict[str, int]:  # noqa: ANN001
-    """Messages waiting per queue (delivered but unacknowledged ones are not waiting)."""
-    from app.constants import ALL_QUEUES, PRIORITY_STEPS
-    from workers.inventory import _REDIS_PRIORITY_SEP
-
-    url = settings.broker_url
-    if url.startswith(("redis://", "rediss://")):
-        import redis
-
-        client = redis.Redis.from_url(url, socket_timeout=5)
-        try:
-            with client.pipeline(transaction=False) as p:
-                # kombu keeps one list per priority level: "<queue>", then "<queue><sep><level>"
-                keys = [(q, k) for q in ALL_QUEUES
-                        for k in [q] + [f"{q}{_REDIS_PRIORITY_SEP}{n}" for n in PRIORITY_STEPS if n]]
-                for _, k in keys:
-                    p.llen(k)
-                out = {q: 0 for q in ALL_QUEUES}
-                for (q, _), n in zip(keys, p.execute()):
-                    out[q] += int(n)
-                return out
-        finally:
-            client.close()
-    if url.startswith("filesystem://"):
-        # kombu names each message file <time>_<uuid>.<queue>.msg: counted without being opened
-        folder = Path(url[len("filesystem://"):]) / "queue"
-        out = {q: 0 for q in ALL_QUEUES}
-        for name in os.listdir(folder) if folder.is_dir() else []:
-            q = name.removesuffix(".msg").rsplit(".", 1)[-1]
-            if name.endswith(".msg") and q in out:
-                out[q] += 1
-        return out
-    return {}
 
 
 def exposition(*registries: CollectorRegistry) -> bytes:

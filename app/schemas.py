@@ -8,56 +8,24 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from app.catalog.plugins import unknown_engine_reason
 from app.constants import TRANSCRIPT_FORMATS
+from app.hotword_list import MAX_HOTWORDS, check_hotword
 
 Format = Literal["json", "srt", "vtt", "txt"]
-
-MAX_HOTWORDS = 1000  # per job, after the deployment's default list is merged in (app/jobs.py)
-HOTWORD_MAX_CHARS = 64
-# a hotwords text file (upload, --hotwords-file, ASRQ_HOTWORDS_FILE): 1,000 lines of 64 CJK characters
-# (3 bytes each in UTF-8) fit with room to spare
-MAX_HOTWORDS_FILE_BYTES = 256 * 1024
-
-
-def check_hotword(w: str) -> str:
-    w = w.strip()
-    if not w or len(w) > HOTWORD_MAX_CHARS or not w.isprintable():
-        raise ValueError(f"hotwords must be 1-{HOTWORD_MAX_CHARS} printable characters each; got {w[:80]!r}")
-    return w
-
-
-def parse_hotwords_text(data: bytes, what: str = "hotwords file") -> list[str]:
-    """A hotwords text file -> its entries: UTF-8, one per line, blank lines skipped. ValueError says why not."""
-    if len(data) > MAX_HOTWORDS_FILE_BYTES:
-        raise ValueError(f"{what} is {len(data)} bytes; at most {MAX_HOTWORDS_FILE_BYTES} are accepted")
-    try:
-        text = data.decode("utf-8-sig")
-    except UnicodeDecodeError as e:
-        raise ValueError(f"{what} is not UTF-8 text (byte {e.start})") from e
-    words = []
-    for n, line in enumerate(text.splitlines(), 1):
-        if line.strip():
-            try:
-                words.append(check_hotword(line))
-            except ValueError as e:
-                raise ValueError(f"{what} line {n}: {e}") from e
-    if len(words) > MAX_HOTWORDS:
-        raise ValueError(f"{what} has {len(words)} hotwords; at most {MAX_HOTWORDS} are accepted")
-    return words
-
 
 class JobOptions(BaseModel):
     """Per-job options. Unknown fields are refused (422), never silently ignored."""
 
     model_config = ConfigDict(extra="forbid")
 
-    # an installed engine plug-in (workers/engines/registry.py); None: the deployment's default
+    # an installed engine plug-in (app/catalog/plugins.py); None: the deployment's default
     engine: str | None = Field(None, max_length=32, pattern=r"^[a-z][a-z0-9_-]*$")
     model: str | None = Field(None, max_length=255)
     language: str | None = Field(None, max_length=16, pattern=r"^[A-Za-z]{2,3}([-_][A-Za-z0-9]{2,8})?$")
     hotwords: list[str] = Field(default_factory=list, max_length=MAX_HOTWORDS)
     formats: list[Format] = Field(default_factory=lambda: list(TRANSCRIPT_FORMATS))
-    # fair share (workers/fair_share.py): within a tenant's standing, high goes before normal before low
+    # fair share (app/fair_share.py): within a tenant's standing, high goes before normal before low
     priority: Literal["low", "normal", "high"] = "normal"
     # a CT-Transformer folder under ASRQ_MODELS_DIR, or "none"; None: the deployment's default for the
     # engine (ASRQ_PUNC_MODEL; none for engines that punctuate themselves). Checked at submission (422)
@@ -73,8 +41,6 @@ class JobOptions(BaseModel):
     @field_validator("engine")
     @classmethod
     def _installed_engine(cls, v: str | None) -> str | None:
-        from workers.engines.registry import unknown_engine_reason
-
         if v is not None and (reason := unknown_engine_reason(v)) is not None:
             raise ValueError(reason)
         return v

@@ -16,6 +16,8 @@ from typing import NamedTuple
 from pydantic import AnyHttpUrl, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from app.hotword_list import parse_hotwords_text
+
 BUNDLED_WHISPER = "bundled:tiny.en"
 S3_BUCKET_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,254}$")  # permissive: legacy names too
 
@@ -64,8 +66,6 @@ def parse_s3_source_allow(value: str) -> tuple[S3SourceRule, ...]:
 
 @functools.lru_cache(maxsize=4)
 def _hotwords_file(path: str, _mtime_ns: int) -> tuple[str, ...]:
-    from app.schemas import parse_hotwords_text
-
     return tuple(parse_hotwords_text(Path(path).read_bytes(), f"ASRQ_HOTWORDS_FILE {path}"))
 
 
@@ -84,11 +84,12 @@ class Settings(BaseSettings):
     s3_endpoint_url: AnyHttpUrl | None = None
     s3_region: str = "us-east-1"
 
-    # engine used when a job does not name one: an installed engine plug-in (workers/engines/registry.py)
+    # engine used when a job does not name one: an installed engine plug-in (app/catalog/plugins.py),
+    # checked when a process starts (check_engine_setting), not here: settings know no plug-ins
     engine: str = "whisper"
     model: str = BUNDLED_WHISPER
     models_dir: Path | None = None  # where FunASR model folders live, for jobs naming a model by folder name
-    # punctuation for jobs that name none (workers/punctuation.py): a FunASR CT-Transformer folder (a name
+    # punctuation for jobs that name none (app/catalog/postprocess.py): a FunASR CT-Transformer folder (a name
     # under ASRQ_MODELS_DIR, or a path), or "none". Engines that punctuate themselves (whisper) never get one
     punc_model: str = Field("none", min_length=1)
     device: str = "cpu"  # "cpu", "cuda" (the worker's pinned card is always cuda:0 of its own view)
@@ -144,10 +145,10 @@ class Settings(BaseSettings):
     retry_backoff_max_s: float = 300.0
 
     # deployment-wide hotwords: a UTF-8 text file, one per line (at most 1,000), added after each job's own
-    # (deduplicated, capped at 1,000) on models that take hotwords (workers/engines/hotwords.py)
+    # (deduplicated, capped at 1,000) on models that take hotwords (app/catalog/hotwords.py)
     hotwords_file: Path | None = None
 
-    # fair share between tenants (workers/fair_share.py). A tenant's standing is its recent usage (audio
+    # fair share between tenants (app/fair_share.py). A tenant's standing is its recent usage (audio
     # seconds, halved every half-life) plus its audio in flight, per unit of weight; standings below
     # step_s share the top tier, then one tier per factor 10. A job not yet decoded counts nominal_job_s.
     fair_share_step_s: float = Field(600.0, gt=0)
@@ -181,7 +182,7 @@ class Settings(BaseSettings):
     # each phase (connect, send, response headers) of the one POST a delivery try makes: a slow receiver
     # holds a maintenance worker for a few times this, not more
     webhook_timeout_s: float = Field(5.0, gt=0)
-    # job-end webhooks (workers/webhooks.py): the wait before each retry, jittered +-20% (Standard
+    # job-end webhooks (app/webhooks.py): the wait before each retry, jittered +-20% (Standard
     # Webhooks' schedule: a receiver down for a day still gets the event), the last wait repeated up to
     # the try limit; then the delivery is failed
     webhook_retry_schedule_s: str = "5,300,1800,7200,18000,36000"
@@ -217,16 +218,6 @@ class Settings(BaseSettings):
         if not self.storage_url:
             self.storage_url = f"file://{home / 'objects'}"
         return self
-
-    @field_validator("engine")
-    @classmethod
-    def _check_engine(cls, v: str) -> str:
-        # the engines are the installed plug-ins (entry-point group asrq.engines), read once per process
-        from workers.engines.registry import unknown_engine_reason
-
-        if (reason := unknown_engine_reason(v)) is not None:
-            raise ValueError(f"ASRQ_ENGINE: {reason}")
-        return v
 
     @field_validator("database_url")
     @classmethod

@@ -32,7 +32,7 @@ def _save_results_before(session, batch_id, results):  # noqa: ANN001, ANN202
     from sqlalchemy import update
 
     from app.db.models import Chunk, ChunkState, utcnow
-    from workers.state import _held, lock_jobs
+    from app.lifecycle import _held, lock_jobs
 
     lock_jobs(session, {r[0].job_id for r in results})
     now = utcnow()
@@ -66,7 +66,7 @@ def _advance_before(session, job_id) -> bool:  # noqa: ANN001
 
 def _claim_and_read_before(batch):  # noqa: ANN001, ANN202
     from app.db.session import session_scope
-    from workers.state import claim_chunks
+    from app.lifecycle import claim_chunks
     from workers.tasks.transcribe import _read_one
 
     with session_scope() as s:
@@ -105,8 +105,8 @@ def _setup_round(n_chunks: int, per_job: int, chunk_s: float):  # noqa: ANN202
     from app.constants import pcm_key
     from app.db.models import Chunk, Job, JobState
     from app.db.session import session_scope
+    from app.lifecycle import open_chunks
     from app.storage import get_store
-    from workers.state import open_chunks
 
     chunk_ms = int(chunk_s * 1000)
     n_jobs = n_chunks // per_job
@@ -147,7 +147,7 @@ def _transcripts(job_ids):  # noqa: ANN001, ANN202
 
 def _round(variant: str, n_chunks: int, per_job: int, chunk_s: float) -> dict:
     from app.db.session import session_scope
-    from workers.state import save_results
+    from app.lifecycle import save_results
 
     batch = _setup_round(n_chunks, per_job, chunk_s)
     claim_read = _claim_and_read_before if variant == "before" else _claim_and_read_after
@@ -180,9 +180,8 @@ def main() -> None:
     ap.add_argument("--json", type=Path, help="also write the figures here")
     args = ap.parse_args()
 
-    from tests.services import apply_env, moto_s3, postgres_database
-
     from app.db.migrate import upgrade
+    from tests.services import apply_env, moto_s3, postgres_database
 
     with tempfile.TemporaryDirectory(prefix="asrq-bookkeeping-") as tmp, \
             moto_s3("asrq-bench", Path(tmp)) as (endpoint, _proc), postgres_database() as db_url:

@@ -146,9 +146,9 @@ def write_short(src: Path, dest: Path, rate: int, gain_db: float) -> None:
 
 def chunking_options(engine: str = "whisper"):  # noqa: ANN201
     """(ChunkingOptions, VAD window s, VAD end silence ms) exactly as prepare derives them for this engine."""
+    from app.catalog.plugins import MAX_CHUNK_S
     from app.settings import Settings
     from workers.chunking import ChunkingOptions
-    from workers.engines.registry import MAX_CHUNK_S
 
     s = Settings()
     max_chunk_s = min(s.max_chunk_s, MAX_CHUNK_S.get(engine, s.max_chunk_s))

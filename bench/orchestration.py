@@ -60,7 +60,7 @@ class Clip:
 
 
 def instant_installed() -> bool:
-    from workers.engines.registry import engine_names
+    from app.catalog.plugins import engine_names
 
     return ENGINE in engine_names()
 

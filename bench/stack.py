@@ -216,9 +216,9 @@ def enqueue(b: Bench, items: list[Item], n: int) -> dict:
     rows = b.scalar("SELECT count(*) FROM jobs") - before
     # the API may publish the prepare messages after answering: also time until all are on the queue
     r = redis.Redis.from_url(b.stack.env["ASRQ_BROKER_URL"])
-    from workers.inventory import redis_queue_keys
+    from app.messaging import redis_queue_keys
 
-    # one tenant's 2,000 jobs go out at several fair-share levels (workers/fair_share.py): one list each
+    # one tenant's 2,000 jobs go out at several fair-share levels (app/fair_share.py): one list each
     while (queued := sum(r.llen(k) for k in redis_queue_keys("prepare"))) < n and time.monotonic() - t0 < 300:
         time.sleep(0.05)
     all_queued = time.monotonic() - t0

@@ -526,19 +526,20 @@ class Fleet:
 
 @contextlib.contextmanager
 def publisher_app():
-    """workers.dispatch.send_* on this campaign's broker. The module-level Celery app is made at import
-    time from the settings of that moment; under pytest another module may have imported it first."""
-    import workers.celery_app as ca
+    """app.messaging.send_* on this campaign's broker. The publisher is made on first use from the settings
+    of that moment; under pytest another module may have made one for another broker first."""
+    from app import messaging
     from app.settings import get_settings
 
-    old = ca.app
-    if ca.app.conf.broker_url != get_settings().broker_url:
-        ca.app = ca.make_celery()
+    old = messaging.use(None)
+    if old is not None and old.conf.broker_url == get_settings().broker_url:
+        messaging.use(old)
     try:
-        yield ca.app
+        yield messaging.publisher()
     finally:
-        if ca.app is not old:
-            ca.app = old
+        made = messaging.use(old)
+        if made is not old and made is not None:
+            made.close()
 
 
 class PublishWatcher(threading.Thread):
@@ -1071,7 +1072,7 @@ class Campaign:
     def _duplicate(self, db: Db, st: dict[str, str], rng: random.Random) -> str:
         """Publish the work of a few live (or just finished) jobs again, 1-3 times: what a redelivery,
         a publish retry or a second reconciler would do."""
-        from workers.dispatch import send_finalize, send_prepare, send_transcribe
+        from app.messaging import send_finalize, send_prepare, send_transcribe
 
         live = sorted(j for j, v in st.items() if v != "FAILED")
         if not live:

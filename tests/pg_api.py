@@ -20,11 +20,17 @@ from sqlalchemy import update
 
 from app.db.models import Batch, Job
 from app.db.session import session_scope
-from workers.chunking import ChunkPlan
-from workers.state import (begin_finalize, begin_prepare, claim_chunks, complete_job, record_batch, save_plan,
-                           save_results)
-
+from app.lifecycle import (
+    begin_finalize,
+    begin_prepare,
+    claim_chunks,
+    complete_job,
+    record_batch,
+    save_plan,
+    save_results,
+)
 from tests.services import fresh_celery_app
+from workers.chunking import ChunkPlan
 
 BUCKET = "asrq-test"
 

@@ -202,18 +202,23 @@ def running_stack(env: dict, tmp: Path, api_key: str):
 
 @contextlib.contextmanager
 def fresh_celery_app():
-    """The Celery app is a module-level singleton built from settings at import: inside this block a fresh
-    one is built (on first use) for the settings now current; whatever was imported before comes back
-    afterwards."""
+    """The Celery apps are built from settings on first use (the workers' app at import, the publisher of
+    app/messaging.py on its first send): inside this block fresh ones are built for the settings now
+    current; whatever was there before comes back afterwards."""
     import workers
+    from app import messaging
 
     prev_mod = sys.modules.pop("workers.celery_app", None)
     prev_attr = workers.__dict__.pop("celery_app", None)
+    prev_publisher = messaging.use(None)
     try:
         yield
     finally:
         fresh = sys.modules.pop("workers.celery_app", None)
         workers.__dict__.pop("celery_app", None)
+        made = messaging.use(prev_publisher)
+        if made is not None and (fresh is None or made is not fresh.app):
+            made.close()
         if fresh is not None:
             fresh.app.close()
         if prev_mod is not None:
@@ -243,7 +248,8 @@ def base_env(db_url: str, broker_url: str, storage_url: str, s3_endpoint: str, t
         "AWS_ACCESS_KEY_ID": "test",
         "AWS_SECRET_ACCESS_KEY": "test",
         "AWS_DEFAULT_REGION": "us-east-1",
-        "PYTHONPATH": str(ROOT),
+        # tests/hooks: the fault injection of tests/test_faults.py (inert unless an ASRQ_FAULT_* is set)
+        "PYTHONPATH": f"{ROOT}{os.pathsep}{ROOT / 'tests' / 'hooks'}",
         "OMP_NUM_THREADS": "1",
     })
     return env

@@ -15,10 +15,9 @@ from sqlalchemy.orm import Session
 
 from app.db.models import Chunk, ChunkState, Job, JobState
 from app.db.session import make_engine
+from app.lifecycle import claim_chunks, save_results
 from workers.batching import MemoryCost, budget_from_memory, fit_memory_cost, plan_batches
 from workers.engines.base import ChunkText, Engine, EngineSpec, probe_audio
-from workers.state import claim_chunks, save_results
-
 
 # ---- results and claims in bulk, fenced per chunk --------------------------------------------------------------
 
@@ -175,7 +174,7 @@ class _SlowStore:
 
 
 def _work(n: int):
-    from workers.state import ChunkWork
+    from app.lifecycle import ChunkWork
 
     return [ChunkWork(uuid.uuid4(), uuid.uuid4(), i, 0, 500 + i, 1, {}, uuid.uuid4()) for i in range(n)]
 
@@ -483,8 +482,8 @@ def test_batched_language_detection_equals_faster_whispers_own(decoders):
 def test_whisper_probe_runs_the_real_batched_pass(monkeypatch):
     """The bundled tiny.en on CPU, taken for a CUDA engine by the sizing path only: the probe batches go
     through faster-whisper's batched pipeline (4 windows, then 1), never the sequential second pass."""
+    from app.catalog.models import BUNDLED_PREFIX, model_installed
     from workers.engines import gpu_memory
-    from workers.engines.registry import BUNDLED_PREFIX, model_installed
     from workers.engines.whisper_engine import WhisperEngine
 
     if not model_installed("whisper", BUNDLED_PREFIX + "tiny.en"):
@@ -503,8 +502,8 @@ def test_whisper_probe_runs_the_real_batched_pass(monkeypatch):
 
 def test_transcribe_plans_each_option_set_with_its_engines_budget(monkeypatch):
     from app.errors import ModelUnavailable
+    from app.lifecycle import ChunkWork
     from app.settings import get_settings
-    from workers.state import ChunkWork
     from workers.tasks import transcribe
 
     def work(n: int, ms: int, model: str) -> list[ChunkWork]:

@@ -51,26 +51,28 @@ def on_path(monkeypatch):
 def test_builtins_are_entry_points_of_asrq():
     import importlib.metadata
 
-    from workers.engines import builtin, registry
+    from app.catalog import builtin, plugins
 
-    eps = {ep.name: ep for ep in importlib.metadata.entry_points(group=registry.ENTRY_POINT_GROUP)}
-    assert eps["whisper"].value == "workers.engines.builtin:WHISPER" and eps["whisper"].dist.name == "asrq"
-    assert eps["funasr"].value == "workers.engines.builtin:FUNASR" and eps["funasr"].dist.name == "asrq"
-    assert registry.engines()["whisper"] is builtin.WHISPER and registry.engines()["funasr"] is builtin.FUNASR
-    assert registry.MAX_CHUNK_S["whisper"] == 20.0 and registry.MAX_CHUNK_S.get("funasr") == 30.0
-    assert registry.MAX_CHUNK_S.get("kaldi", 7.0) == 7.0
+    eps = {ep.name: ep for ep in importlib.metadata.entry_points(group=plugins.ENTRY_POINT_GROUP)}
+    assert eps["whisper"].value == "app.catalog.builtin:WHISPER" and eps["whisper"].dist.name == "asrq"
+    assert eps["funasr"].value == "app.catalog.builtin:FUNASR" and eps["funasr"].dist.name == "asrq"
+    assert plugins.engines()["whisper"] is builtin.WHISPER and plugins.engines()["funasr"] is builtin.FUNASR
+    assert plugins.MAX_CHUNK_S["whisper"] == 20.0 and plugins.MAX_CHUNK_S.get("funasr") == 30.0
+    assert plugins.MAX_CHUNK_S.get("kaldi", 7.0) == 7.0
 
 
 def test_not_selectable_unless_installed(tmp_path):
+    from app.catalog.models import missing_model_reason
+    from app.catalog.plugins import check_engine_setting, engine_names
     from app.errors import ModelNotInstalled, ModelUnavailable
     from app.jobs import resolved_options
     from app.schemas import JobOptions
     from app.settings import Settings
-    from workers.engines.registry import engine_names, get_engine, missing_model_reason
+    from workers.engines.registry import get_engine
 
     assert NAME not in engine_names()
-    with pytest.raises(ValidationError, match="not installed"):
-        Settings(engine=NAME, home=tmp_path)
+    with pytest.raises(ValueError, match="not installed"):
+        check_engine_setting(Settings(engine=NAME, home=tmp_path))
     with pytest.raises(ValidationError, match="not installed"):
         JobOptions(engine=NAME)
     with pytest.raises(ModelNotInstalled, match="engines: "):
@@ -82,18 +84,20 @@ def test_not_selectable_unless_installed(tmp_path):
 
 
 def test_an_installed_package_adds_an_engine(tmp_path, on_path):
+    from app.catalog.models import installed_models
+    from app.catalog.plugins import MAX_CHUNK_S, check_engine_setting, engine_names
     from app.cli import cli
     from app.jobs import resolved_options
     from app.schemas import JobOptions
     from app.settings import Settings
     from workers.engines.base import DecodeOptions
-    from workers.engines.registry import MAX_CHUNK_S, engine_names, get_engine, installed_models
+    from workers.engines.registry import get_engine
 
     on_path(fake_dist(tmp_path / "site", "asrq-plugtest", {NAME: "asrq_instant:PLUGIN"}), INSTANT_SRC)
     assert {"whisper", "funasr", NAME} <= set(engine_names())
     assert installed_models(NAME) == ["bundled:fixed"] and MAX_CHUNK_S[NAME] == 30.0
     s = Settings(home=tmp_path / "home")
-    assert Settings(engine=NAME, model="bundled:fixed", home=tmp_path / "home").engine == NAME
+    check_engine_setting(Settings(engine=NAME, model="bundled:fixed", home=tmp_path / "home"))  # installed now
     # a job naming the engine without a model gets the plug-in's default model
     opts = resolved_options(JobOptions(engine=NAME), s)
     assert (opts["engine"], opts["model"]) == (NAME, "bundled:fixed")
@@ -109,8 +113,8 @@ def test_an_installed_package_adds_an_engine(tmp_path, on_path):
 
 
 def test_broken_and_shadowing_plugins_are_refused(tmp_path, on_path):
-    from workers.engines import builtin
-    from workers.engines.registry import engines, unknown_engine_reason
+    from app.catalog import builtin
+    from app.catalog.plugins import engines, unknown_engine_reason
 
     site = tmp_path / "site"
     fake_dist(site, "asrq-broken", {"broken": "no_such_module_xyz:PLUGIN", "notaplugin": "json:dumps"})

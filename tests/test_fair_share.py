@@ -1,4 +1,4 @@
-"""Fair share between tenants (workers/fair_share.py): the policy, the broker order it produces in real
+"""Fair share between tenants (app/fair_share.py): the policy, the broker order it produces in real
 Redis, usage kept by the reconciler, the per-tenant cap, and a whole stack where tenant B's one job
 overtakes tenant A's backlog."""
 
@@ -10,11 +10,11 @@ import uuid
 import boto3
 import pytest
 
+from app import fair_share
+from app.fair_share import Standing, level, submission_levels, tier
 from app.settings import Settings
 from tests.pg_api import pg_api  # noqa: F401 - fixture
 from tests.services import AUDIO
-from workers import fair_share
-from workers.fair_share import Standing, level, submission_levels, tier
 
 STEP = 600.0
 
@@ -117,9 +117,9 @@ def test_levels_decide_the_order_a_redis_consumer_gets(tmp_path):
     FIFO within a level, whatever order the messages were sent in."""
     import kombu
 
+    from app.messaging import broker_transport_options
     from tests.conftest import REDIS_TEST_DB
     from tests.services import redis_db
-    from workers.celery_app import broker_transport_options
 
     with redis_db(REDIS_TEST_DB) as url:
         opts = broker_transport_options(Settings(broker_url=url))

@@ -208,7 +208,7 @@ def test_crash_between_insert_and_publish(fstack, baseline):
 def test_duplicate_delivery(fstack, baseline):
     from app.db.models import Chunk
     from app.db.session import session_scope
-    from workers.dispatch import send_transcribe
+    from app.messaging import send_transcribe
 
     fstack.start_transcribe_worker("gpu-worker-b")
     try:
@@ -231,7 +231,7 @@ def test_concurrent_claims_are_exclusive(fstack, baseline):
     """Two workers claiming the same chunks at the same instant: each chunk goes to exactly one."""
     from app.db.models import Chunk, ChunkState, Job, JobState
     from app.db.session import session_scope
-    from workers.state import claim_chunks
+    from app.lifecycle import claim_chunks
 
     with session_scope() as s:
         job = Job(tenant="t", source_uri="upload:x", filename="x", options={}, params_hash="h",

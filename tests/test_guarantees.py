@@ -31,7 +31,7 @@ class Live:
     objects: Path
 
     def queue_len(self, queue: str) -> int:
-        from workers.inventory import redis_queue_keys
+        from app.messaging import redis_queue_keys
 
         return sum(int(self.redis.llen(k)) for k in redis_queue_keys(queue))
 
@@ -112,7 +112,7 @@ def _age_everything() -> None:
 def test_prepare_that_died_is_taken_over_and_bounded(live):
     """Finding 1: the reconciler's re-send used to refresh the very timestamp that take-over waited on, so
     a prepare killed mid-way stayed PREPARING forever. Now the lease decides, and attempts run out."""
-    from workers.state import begin_prepare
+    from app.lifecycle import begin_prepare
     from workers.tasks.reconcile import reconcile_once
 
     jid = _add_job()
@@ -129,7 +129,7 @@ def test_prepare_that_died_is_taken_over_and_bounded(live):
         _age_everything()
         assert reconcile_once().get("prepare", 0) == 0  # ... and not while that message waits in the queue
         assert live.queue_len("prepare") == 1
-        from workers.inventory import redis_queue_keys
+        from app.messaging import redis_queue_keys
 
         assert any(live.redis.rpop(k) for k in redis_queue_keys("prepare"))  # delivered: the next worker takes it
     with _session() as s:
@@ -142,7 +142,7 @@ def test_retry_after_a_database_outage_resumes_its_attempt(live):
     """Found by the chaos soak: a prepare that met a Postgres restart could not give its attempt back,
     so its retry took the job over as if the worker had died, and outages used up a good file's
     attempts. The retry now resumes the attempt, unless somebody took the job over meanwhile."""
-    from workers.state import begin_prepare
+    from app.lifecycle import begin_prepare
 
     jid = _add_job()
     with _session() as s:
@@ -159,7 +159,7 @@ def test_retry_after_a_database_outage_resumes_its_attempt(live):
 
 
 def test_finalize_that_died_is_taken_over(live):
-    from workers.state import begin_finalize
+    from app.lifecycle import begin_finalize
     from workers.tasks.reconcile import reconcile_once
 
     jid = _add_job(JobState.FINALIZING)
@@ -174,7 +174,7 @@ def test_finalize_that_died_is_taken_over(live):
 
 
 def test_running_chunk_whose_holder_died_is_sent_again(live):
-    from workers.state import claim_chunks
+    from app.lifecycle import claim_chunks
     from workers.tasks.reconcile import reconcile_once
 
     jid = _add_job(JobState.TRANSCRIBING)
@@ -197,7 +197,7 @@ def test_backlog_is_not_resent_but_a_flush_is(live):
     """Finding 4: a long queue used to be re-published every stale period. Messages waiting in Redis are
     left alone; after a flush every job is sent exactly once more."""
     from app.db.session import session_scope
-    from workers.dispatch import send_prepare
+    from app.messaging import send_prepare
     from workers.tasks.reconcile import reconcile_once
 
     n = 2000
@@ -225,8 +225,8 @@ def test_message_handed_to_a_worker_that_never_took_the_job(live):
     """A prepare message delivered to a worker (unacknowledged) counts while that worker can still be
     about to take the job; held for longer than the stale period without the job moving, that worker is
     dead or stuck and the job is sent again (it used to wait for Redis's visibility timeout)."""
+    from app.messaging import send_prepare
     from workers.celery_app import app
-    from workers.dispatch import send_prepare
     from workers.tasks.reconcile import reconcile_once
 
     jid = _add_job()
@@ -245,7 +245,7 @@ def test_message_handed_to_a_worker_that_never_took_the_job(live):
 
 
 def test_pending_chunks_waiting_or_held_are_not_resent(live):
-    from workers.dispatch import send_transcribe
+    from app.messaging import send_transcribe
     from workers.lease import HeldChunks
     from workers.tasks.reconcile import reconcile_once
 
@@ -270,7 +270,7 @@ def test_pending_chunks_waiting_or_held_are_not_resent(live):
 def test_expired_claim_cannot_touch_a_live_claim(live):
     """Finding 5: a worker whose lease expired must not store, release or fail a chunk another worker
     now holds."""
-    from workers.state import claim_chunks, fail_chunks, release_chunks, save_results
+    from app.lifecycle import claim_chunks, fail_chunks, release_chunks, save_results
 
     jid = _add_job(JobState.TRANSCRIBING)
     (cid,) = _add_chunks(jid, 1)
@@ -290,8 +290,8 @@ def test_expired_claim_cannot_touch_a_live_claim(live):
 
 
 def test_prepare_taken_over_cannot_store_its_plan(live):
+    from app.lifecycle import begin_prepare, save_plan
     from workers.chunking import ChunkPlan
-    from workers.state import begin_prepare, save_plan
 
     jid = _add_job()
     with _session() as s:
@@ -306,7 +306,7 @@ def test_prepare_taken_over_cannot_store_its_plan(live):
 
 
 def test_failed_chunk_fails_its_job_in_the_same_transaction(live):
-    from workers.state import claim_chunks, fail_chunks
+    from app.lifecycle import claim_chunks, fail_chunks
 
     jid = _add_job(JobState.TRANSCRIBING)
     cids = _add_chunks(jid, 2)
@@ -351,8 +351,8 @@ def test_cancel_against_saving_results_never_deadlocks(live):
     """Finding 6: cancel locked the job then its chunks while saving results locked chunks then the job,
     a cycle Postgres breaks by aborting one of them. Both now lock the job first."""
     from app.jobs import cancel_or_delete
+    from app.lifecycle import claim_chunks, save_results
     from app.storage import LocalStore
-    from workers.state import claim_chunks, save_results
 
     store = LocalStore(live.objects)
     rounds, per_round = 6, 12

@@ -62,7 +62,8 @@ def _upload(api, hotwords_file: bytes | None = None, **fields):  # noqa: ANN001,
 
 
 def test_job_options_take_up_to_1000_printable_hotwords():
-    from app.schemas import JobOptions, parse_hotwords_text
+    from app.hotword_list import parse_hotwords_text
+    from app.schemas import JobOptions
 
     words = thousand_hotwords()
     assert JobOptions(hotwords=words).hotwords == words
@@ -141,7 +142,7 @@ def test_whisper_prompt_budget_refuses_a_list_that_would_be_cut(hw_api):
     from faster_whisper.tokenizer import Tokenizer
     from tokenizers import Tokenizer as HfTokenizer
 
-    from workers.engines.hotwords import WHISPER_PROMPT_TOKENS, whisper_prompt_tokens
+    from app.catalog.hotwords import WHISPER_PROMPT_TOKENS, whisper_prompt_tokens
 
     api = hw_api
     words = thousand_hotwords()
@@ -187,7 +188,7 @@ def test_deployment_default_list_is_merged_after_the_jobs_own(hw_api, tmp_path):
     r = api.submit({"source_uri": "s3://b/k.wav", "model": "tiny-whisper", "hotwords": ["asrq"]})
     got = r.json()["options"]["hotwords"]
     assert r.status_code == 202 and got[:3] == ["asrq", "公司名", "term000"] and 3 < len(got) < 302, r.text
-    from workers.engines.hotwords import WHISPER_PROMPT_TOKENS, whisper_prompt_tokens
+    from app.catalog.hotwords import WHISPER_PROMPT_TOKENS, whisper_prompt_tokens
 
     assert whisper_prompt_tokens(_bundled_whisper(), got)[-1] <= WHISPER_PROMPT_TOKENS
     assert whisper_prompt_tokens(_bundled_whisper(), got + [f"brand{len(got) - 3}"])[-1] > WHISPER_PROMPT_TOKENS

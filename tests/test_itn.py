@@ -6,9 +6,10 @@ import json
 
 import pytest
 
+from app.catalog.postprocess import itn_applies, resolve_itn
 from tests.services import AUDIO
 from workers.engines.base import Word
-from workers.itn import itn_applies, normalize_words, resolve_itn
+from workers.itn import normalize_words
 from workers.merge import ChunkResult, MergeOptions, merge
 
 

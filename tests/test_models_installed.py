@@ -65,7 +65,7 @@ def models_dir(tmp_path, monkeypatch):
 
 
 def test_installed_models_and_checks(models_dir):
-    from workers.engines.registry import installed_models, missing_model_reason, model_installed
+    from app.catalog.models import installed_models, missing_model_reason, model_installed
 
     assert installed_models("whisper") == ["bundled:tiny.en", "bundled:base", "tiny-whisper"]
     assert installed_models("funasr") == ["tiny-paraformer"]
@@ -84,8 +84,8 @@ def test_installed_models_and_checks(models_dir):
 
 
 def test_deployment_default_folder_is_listed(models_dir, monkeypatch):
+    from app.catalog.models import installed_models
     from app.settings import get_settings
-    from workers.engines.registry import installed_models
 
     elsewhere = build_tiny_paraformer(models_dir.parent / "elsewhere" / "para")
     monkeypatch.setenv("ASRQ_ENGINE", "funasr")
@@ -114,7 +114,8 @@ def test_get_engine_raises_model_unavailable(models_dir, engine, model):
 
 
 def test_corrupt_model_files_raise_model_unavailable(models_dir):
-    from workers.engines.registry import get_engine, model_installed
+    from app.catalog.models import model_installed
+    from workers.engines.registry import get_engine
 
     _broken_whisper(models_dir / "broken-whisper")
     para = build_tiny_paraformer(models_dir / "broken-paraformer")

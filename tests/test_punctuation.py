@@ -167,9 +167,9 @@ def test_engines_own_marks_are_kept():
 # --- options at the door, and the whole pipeline ---------------------------------------------------------
 
 def test_resolve_punc_model(tmp_path):
+    from app.catalog.postprocess import resolve_punc_model
     from app.errors import ModelNotInstalled
     from app.settings import Settings
-    from workers.punctuation import resolve_punc_model
 
     build_tiny_ct_punc(tmp_path / "ct-punc")
     (tmp_path / "not-a-model").mkdir()

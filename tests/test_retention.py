@@ -237,8 +237,8 @@ def test_delete_of_a_finished_job_removes_its_text_and_words(pg_api):
 def test_transcribe_treats_missing_audio_of_a_finished_job_as_its_end(pg_api):
     """A chunk whose job failed (another chunk) while it ran finds the audio deleted: it closes quietly and the
     job keeps its own reason. For a live job, missing audio is a real failure."""
+    from app.lifecycle import claim_chunks, fail_chunks
     from app.storage import ObjectNotFound
-    from workers.state import claim_chunks, fail_chunks
     from workers.tasks.transcribe import Engines, _run_batch
 
     def claimed(jid: str) -> list:
@@ -271,7 +271,6 @@ def test_transcribe_treats_missing_audio_of_a_finished_job_as_its_end(pg_api):
 @pytest.fixture(scope="module")
 def retention_stack(tmp_path_factory, s3):
     from app.db.migrate import upgrade
-
     from tests.conftest import REDIS_TEST_DB
 
     tmp = tmp_path_factory.mktemp("retention")

@@ -395,8 +395,8 @@ def _deliver(url: str) -> bool:
 
     from app.db.models import JobState, WebhookDelivery, WebhookState
     from app.db.session import session_scope
+    from app.lifecycle import note_job_end
     from workers.tasks.webhook import webhook
-    from workers.webhooks import note_job_end
 
     jid = _add_job("acme", "s3://b/a.wav", url)
     with session_scope() as s:
@@ -482,7 +482,7 @@ def test_webhook_task_refuses_private_targets_at_delivery(embedded, servers, mon
 def test_webhook_backoff_follows_the_schedule_with_jitter(settings):
     import random
 
-    from workers.webhooks import retry_delay_s
+    from app.webhooks import retry_delay_s
 
     s = settings.model_copy(update={"webhook_retry_schedule_s": "5,300,1800"})
     rng = random.Random(7)

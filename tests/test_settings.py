@@ -152,12 +152,22 @@ def test_api_key_entries(env, raw, expected):
 @pytest.mark.parametrize(
     "name, value",
     [("max_chunk_s", "2"), ("max_chunk_s", "61"), ("hard_cut_overlap_s", "-1"), ("batch_audio_s", "0"),
-     ("batch_max_requests", "0"), ("max_attempts", "0"), ("engine", "kaldi")],
+     ("batch_max_requests", "0"), ("max_attempts", "0")],
 )
 def test_numeric_and_literal_bounds(env, name, value):
     env(**{name: value})
     with pytest.raises(ValidationError):
         Settings()
+
+
+def test_an_engine_that_is_not_installed_stops_a_process_at_start(env):
+    """Settings know no plug-ins; every process (API, CLI, worker) checks ASRQ_ENGINE when it starts."""
+    from app.catalog.plugins import check_engine_setting
+
+    env(engine="kaldi")
+    s = Settings()
+    with pytest.raises(ValueError, match="ASRQ_ENGINE: engine 'kaldi' is not installed .*engines: .*whisper"):
+        check_engine_setting(s)
 
 
 def test_env_types_are_parsed(env):

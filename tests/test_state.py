@@ -9,7 +9,7 @@ from sqlalchemy.orm import Session
 
 from app.db.models import Chunk, ChunkState, Job, JobState
 from app.db.session import make_engine
-from workers.state import begin_prepare, claim_chunks, release_unreadable, requeue_prepare
+from app.lifecycle import begin_prepare, claim_chunks, release_unreadable, requeue_prepare
 
 
 @pytest.fixture()

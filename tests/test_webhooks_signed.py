@@ -82,9 +82,11 @@ def test_a_lost_message_or_a_duplicate_try_neither_loses_nor_doubles_a_delivery(
     from app.db.models import JobState, WebhookDelivery, utcnow
     from app.db.session import session_scope
     from app.jobs import NewJob, create_job
+    from app.lifecycle import note_job_end
     from app.schemas import JobOptions
     from app.settings import get_settings
-    from workers.webhooks import deliver, dispatch_due, note_job_end
+    from app.webhooks import dispatch_due
+    from workers.webhooks import deliver
 
     settings = get_settings()
     rx = Receiver()

@@ -32,20 +32,6 @@ _CLAUSE_MARKS = frozenset("，。？！；：、,?!;")
 _CLAUSE = re.compile(f"([{''.join(sorted(_CLAUSE_MARKS))}])")
 
 
-def itn_applies(itn: bool | None, language: str | None) -> bool:
-    """The job option: True/False as given; None means on for Mandarin (zh, zh-CN, ...) only."""
-    if itn is not None:
-        return itn
-    return bool(language) and language.lower().replace("_", "-").split("-")[0] == "zh"
-
-
-def resolve_itn(itn: bool | None, language: str | None) -> bool | None:  # noqa: ARG001
-    """The option as stored on the job: as the client gave it. None (unset) is decided where it is used:
-    at finalize from the job's language (itn_applies), and by an engine with its own ITN (SenseVoice's
-    use_itn, on unless the job said no), so an English SenseVoice job keeps the model's punctuation."""
-    return itn
-
-
 @functools.lru_cache(maxsize=1)
 def get_normalizer() -> Callable[[str], str]:
     """WeTextProcessing's zh inverse normalizer, loaded once per process (about 0.5 s)."""

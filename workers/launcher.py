@@ -3,10 +3,14 @@
 The launcher never touches CUDA itself (it only reads the card list from nvidia-smi), so no CUDA
 context is ever inherited across a fork. It restarts a worker that dies, and passes SIGTERM on for a
 warm shutdown (the current batch finishes; unacked messages go back to the queue).
+
+It is a program of its own, ``python -m workers.launcher``, which ``asrq worker`` runs (the command line
+lives in app/, which never imports workers/); ``--embedded`` is the one worker ``asrq transcribe`` starts.
 """
 
 from __future__ import annotations
 
+import argparse
 import logging
 import os
 import signal
@@ -16,8 +20,9 @@ import sys
 import time
 from dataclasses import dataclass
 
-from app.constants import QUEUE_TRANSCRIBE
-from app.settings import Settings
+from app.catalog.plugins import check_engine_setting
+from app.constants import ALL_QUEUES, QUEUE_TRANSCRIBE
+from app.settings import Settings, get_settings
 
 log = logging.getLogger("asrq.launcher")
 
@@ -128,3 +133,43 @@ def serve_metrics(specs: list[WorkerSpec], settings: Settings, port: int, host: 
     for spec in specs:
         spec.env[MULTIPROC_ENV] = str(folder)
     serve_worker_metrics(port, host, folder, socket.gethostname())
+
+
+def embedded_spec(settings: Settings) -> WorkerSpec:
+    """The one worker of ``asrq transcribe``: every queue, one process (solo pool), on the embedded broker."""
+    return WorkerSpec(f"local-{os.getppid()}@localhost", list(ALL_QUEUES), {"ASRQ_WARM_ENGINE": "0"}, pool="solo",
+                      prefetch=settings.batch_max_requests)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m workers.launcher", description="asrq worker processes "
+                                 "(what `asrq worker` runs; see `asrq worker --help`)")
+    ap.add_argument("--queues", default=None, help="comma-separated CPU queues")
+    ap.add_argument("--gpus", default=None, help="all | 0,1,... | cpu: one transcribe process per card")
+    ap.add_argument("--concurrency", type=int, default=None)
+    ap.add_argument("--beat", action="store_true")
+    ap.add_argument("--metrics-port", type=int, default=None)
+    ap.add_argument("--metrics-host", default="127.0.0.1")
+    ap.add_argument("--embedded", action="store_true", help="one solo worker on every queue, no supervisor")
+    args = ap.parse_args(argv)
+    logging.basicConfig(level="INFO", format="%(asctime)s %(levelname)s %(name)s %(message)s", stream=sys.stderr)
+    settings = get_settings()
+    check_engine_setting(settings)
+    if args.embedded:
+        spec = embedded_spec(settings)
+        # this process becomes the worker: whoever started it holds the worker's own pid
+        os.execve(sys.executable, spec.argv(settings), {**os.environ, **spec.env})
+    if args.gpus is not None:
+        specs = transcribe_specs(args.gpus, settings)
+    else:
+        names = [q.strip() for q in (args.queues or "").split(",") if q.strip()]
+        warm = {"ASRQ_WARM_VAD": "1"} if "prepare" in names else {}
+        specs = [WorkerSpec(f"cpu@{os.uname().nodename}", names, warm,
+                            concurrency=args.concurrency or os.cpu_count() or 1, beat=args.beat)]
+    if args.metrics_port is not None:
+        serve_metrics(specs, settings, args.metrics_port, args.metrics_host)
+    return supervise(specs, settings)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -17,7 +17,7 @@ from collections.abc import Callable
 
 from app.db.models import JobState
 from app.db.session import session_scope
-from workers.state import renew_job_lease, touch_held
+from app.lifecycle import renew_job_lease, touch_held
 
 log = logging.getLogger("asrq.lease")
 

@@ -18,75 +18,17 @@ import logging
 import time
 import unicodedata
 from dataclasses import dataclass
-from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-import yaml
-
-from app.errors import ModelNotInstalled, ModelUnavailable
+from app.catalog.postprocess import looks_like_punc_model, missing_punc_model_reason, punc_model_location
+from app.errors import ModelUnavailable
 from workers.engines.base import Word
-
-if TYPE_CHECKING:
-    from app.settings import Settings
 
 log = logging.getLogger("asrq.punctuation")
 
-NONE = "none"
-#: engines whose models write their own punctuation: the deployment default gives them none
-SELF_PUNCTUATING_ENGINES = frozenset({"whisper"})
-_MODEL_CLASSES = frozenset({"CTTransformer"})
 SPLIT_SIZE = 20  # tokens per window, FunASR's default
 _CACHE_POP_TOKENS = 200  # a window carried this long with no sentence end is cut at its last comma
 _ASCII_MARKS = {"，": ",", "。": ".", "？": "?"}  # after an English word, as FunASR writes them
-
-
-# --- what is installed (filesystem checks only, nothing is loaded) ------------------------------------
-
-def looks_like_punc_model(folder: Path) -> bool:
-    """A FunASR CT-Transformer folder: config.yaml naming the class, its weights and its tokens."""
-    try:
-        if not ((folder / "model.pt").is_file() and (folder / "tokens.json").is_file()):
-            return False
-        config = yaml.safe_load((folder / "config.yaml").read_text(encoding="utf-8"))
-    except (OSError, yaml.YAMLError):
-        return False
-    return isinstance(config, dict) and config.get("model") in _MODEL_CLASSES
-
-
-def punc_model_location(name: str, models_dir: Path | None) -> Path:
-    path = Path(name).expanduser()
-    return path if path.is_absolute() or models_dir is None else models_dir / path
-
-
-def installed_punc_models(settings: Settings) -> list[str]:
-    d = settings.models_dir
-    names = sorted(p.name for p in d.iterdir() if p.is_dir() and looks_like_punc_model(p)) \
-        if d is not None and d.is_dir() else []
-    default = settings.punc_model
-    if default != NONE and default not in names and looks_like_punc_model(punc_model_location(default, d)):
-        names.append(default)
-    return names
-
-
-def missing_punc_model_reason(name: str, settings: Settings) -> str | None:
-    if name == NONE or looks_like_punc_model(punc_model_location(name, settings.models_dir)):
-        return None
-    have = ", ".join(installed_punc_models(settings)) or "none"
-    where = f" (models folder: {settings.models_dir})" if settings.models_dir is not None else ""
-    return f"punc_model {name!r} is not installed on this deployment; installed: {have} (or 'none'){where}"
-
-
-def resolve_punc_model(requested: str | None, engine: str, settings: Settings) -> str:
-    """The job's punctuation model, defaults filled in; refused at submission (ModelNotInstalled: 422)
-    when it is not installed, or when the engine writes its own punctuation."""
-    if engine in SELF_PUNCTUATING_ENGINES:
-        if requested not in (None, NONE):
-            raise ModelNotInstalled(f"engine {engine!r} writes its own punctuation: punc_model must be 'none'")
-        return NONE
-    name = requested or settings.punc_model
-    if (reason := missing_punc_model_reason(name, settings)) is not None:
-        raise ModelNotInstalled(reason)
-    return name
 
 
 # --- the model ------------------------------------------------------------------------------------------

@@ -1,169 +1,24 @@
-"""Job-end webhooks, durable and signed (Standard Webhooks: webhook-id, webhook-timestamp,
-webhook-signature = "v1," + base64 HMAC-SHA256 of "id.timestamp.body" with the tenant's secret).
-
-The transaction that moves a job to COMPLETED, FAILED or CANCELLED also writes its delivery row
-(``note_job_end``), so neither a broker that is down nor a worker that dies can lose it. The maintenance
-beat (``dispatch_due``) sends a message for each row that is due, pushing the row's next try out by a
-claim period first, so a lost message or a killed worker only delays it; the task (workers/tasks/
-webhook.py) makes one POST, fenced by the try number, records it on the row and schedules the next try
-with backoff and jitter. A POST happens only on the maintenance queue: never inside prepare or finalize.
-"""
+"""Job-end webhooks, the network side: one signed POST per try (the rows, secrets and schedule are
+app/webhooks.py). A receiver's answer decides the next step: 2xx delivered, 5xx/408/429 or no answer
+retried later, any other answer (or a refused address) failed for good."""
 
 from __future__ import annotations
 
-import base64
-import hashlib
-import hmac
-import json
 import logging
-import random
-import secrets
 import time
 import uuid
-from dataclasses import dataclass
-from datetime import timedelta
 
 import httpx
-from sqlalchemy import insert, select, update
-from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from app import metrics
-from app.db.models import Job, JobState, WebhookDelivery, WebhookSecret, WebhookState, utcnow
+from app.db.models import utcnow
 from app.errors import BadSource, PermanentError, TransientError
 from app.settings import Settings
 from app.sources import validate_webhook_url
+from app.webhooks import TryResult, record_try, take_try
 from workers.pinned_http import pinned_stream
 
 log = logging.getLogger("asrq.webhooks")
-
-SECRET_PREFIX = "whsec_"
-EVENTS = {JobState.COMPLETED: "job.completed", JobState.FAILED: "job.failed", JobState.CANCELLED: "job.cancelled"}
-
-
-# ---- secrets and signatures ---------------------------------------------------------------------------------
-
-
-def new_secret() -> str:
-    return SECRET_PREFIX + base64.b64encode(secrets.token_bytes(32)).decode()
-
-
-def tenant_secret(session: Session, tenant: str) -> str:
-    """The tenant's signing secret, made on first use (committed): every delivery is signed."""
-    row = session.get(WebhookSecret, tenant)
-    if row is not None:
-        return row.secret
-    try:
-        session.execute(insert(WebhookSecret), [{"tenant": tenant, "secret": new_secret(), "created_at": utcnow()}])
-        session.commit()
-    except IntegrityError:  # made by a concurrent delivery meanwhile
-        session.rollback()
-    return session.scalars(select(WebhookSecret.secret).where(WebhookSecret.tenant == tenant)).one()
-
-
-def rotate_secret(session: Session, tenant: str) -> str:
-    secret = new_secret()
-    if session.get(WebhookSecret, tenant) is None:
-        session.execute(insert(WebhookSecret), [{"tenant": tenant, "secret": secret, "created_at": utcnow()}])
-    else:
-        session.execute(update(WebhookSecret).where(WebhookSecret.tenant == tenant)
-                        .values(secret=secret, created_at=utcnow()))
-    session.commit()
-    return secret
-
-
-def sign(secret: str, msg_id: str, timestamp: int, body: bytes) -> str:
-    key = base64.b64decode(secret.removeprefix(SECRET_PREFIX))
-    mac = hmac.new(key, f"{msg_id}.{timestamp}.".encode() + body, hashlib.sha256).digest()
-    return "v1," + base64.b64encode(mac).decode()
-
-
-def signed_headers(secret: str, msg_id: str, body: bytes, timestamp: int | None = None) -> dict[str, str]:
-    ts = int(time.time()) if timestamp is None else timestamp
-    return {"webhook-id": msg_id, "webhook-timestamp": str(ts), "webhook-signature": sign(secret, msg_id, ts, body),
-            "content-type": "application/json"}
-
-
-# ---- the row, written with the job's last state change ------------------------------------------------------
-
-
-def note_job_end(session: Session, job_id: uuid.UUID, state: JobState) -> None:
-    """Inside the transaction that just moved ``job_id`` to ``state``: write its webhook delivery (if it
-    has a webhook) and count the job once that transaction commits."""
-    job = session.execute(select(Job.tenant, Job.webhook_url, Job.options, Job.error, Job.duration_s,
-                                 Job.created_at, Job.started_at).where(Job.id == job_id)).one_or_none()
-    if job is None:
-        return
-    now = utcnow()
-    metrics.after_commit(session, lambda: metrics.observe_job_end(state.value, job.tenant, job.options,
-                                                                  job.created_at, job.started_at, now))
-    if not job.webhook_url:
-        return
-    event = EVENTS[state]
-    data = {"job_id": str(job_id), "state": state.value}
-    if state != JobState.COMPLETED and job.error:
-        data["error"] = job.error[:2000]
-    if job.duration_s is not None:
-        data["duration_s"] = job.duration_s
-    session.execute(insert(WebhookDelivery), [{
-        "id": uuid.uuid4(), "job_id": job_id, "tenant": job.tenant, "url": job.webhook_url, "event": event,
-        "payload": {"type": event, "timestamp": now.isoformat().replace("+00:00", "Z"), "data": data},
-        "state": WebhookState.PENDING, "attempts": 0, "next_attempt_at": now, "tries": [], "created_at": now,
-    }])
-
-
-# ---- sending the due ones -----------------------------------------------------------------------------------
-
-
-def claim_s(settings: Settings) -> float:
-    """How long a sent try holds its row: longer than a try can take (the task's hard time limit), so a
-    row comes due again only when its message or its worker was lost."""
-    return 120 + 4 * settings.webhook_timeout_s
-
-
-def dispatch_due(session: Session, settings: Settings, job_id: uuid.UUID | None = None) -> list[tuple[str, int]]:
-    """Rows due now (of one job, or the oldest ``webhook_sweep_batch``), each pushed out by a claim period
-    in this transaction; returns (delivery id, try number) for the caller to send once it commits."""
-    now = utcnow()
-    q = (select(WebhookDelivery.id, WebhookDelivery.attempts)
-         .where(WebhookDelivery.state == WebhookState.PENDING, WebhookDelivery.next_attempt_at <= now)
-         .order_by(WebhookDelivery.next_attempt_at).limit(settings.webhook_sweep_batch))
-    if job_id is not None:
-        q = q.where(WebhookDelivery.job_id == job_id)
-    if session.get_bind().dialect.name == "postgresql":
-        # two beats (a second one started by mistake) or a finalize's kick take disjoint rows
-        q = q.with_for_update(skip_locked=True)
-    rows = session.execute(q).all()
-    if rows:
-        session.execute(update(WebhookDelivery).where(WebhookDelivery.id.in_([r.id for r in rows]))
-                        .values(next_attempt_at=now + timedelta(seconds=claim_s(settings)))
-                        .execution_options(synchronize_session=False))
-    session.commit()
-    return [(str(r.id), r.attempts + 1) for r in rows]
-
-
-def send_deliveries(items: list[tuple[str, int]]) -> None:
-    """Queue one task per try; one that cannot be queued comes due again after its claim period."""
-    from app.constants import QUEUE_MAINTENANCE, TASK_WEBHOOK
-    from workers.celery_app import app
-
-    for delivery_id, n in items:
-        try:
-            app.send_task(TASK_WEBHOOK, args=[delivery_id, n], queue=QUEUE_MAINTENANCE,
-                          routing_key=QUEUE_MAINTENANCE)
-        except Exception as e:  # noqa: BLE001 - the row is durable: the sweep sends it again
-            log.warning("webhook delivery=%s not queued (%s); the sweep retries it", delivery_id, type(e).__name__)
-            return
-
-
-# ---- one try ------------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class TryResult:
-    outcome: str  # delivered, retrying, failed
-    status_code: int | None
-    error: str | None
 
 
 def post_webhook(url: str, body: bytes, headers: dict[str, str], settings: Settings) -> int:
@@ -194,32 +49,14 @@ class _Refused(BadSource):
         self.status = status
 
 
-def retry_delay_s(tries: int, settings: Settings, rng: random.Random | None = None) -> float:
-    """The wait after the ``tries``-th failed try: the schedule's entry, the last one repeated, jittered
-    +-20% so receivers that failed together are not all retried at one instant."""
-    delays = settings.webhook_retry_delays_s()
-    return delays[min(tries, len(delays)) - 1] * (rng or random).uniform(0.8, 1.2)
-
-
 def deliver(session: Session, delivery_id: uuid.UUID, n: int, settings: Settings) -> TryResult | None:
     """Try ``n`` of a delivery; None when that try was taken already (a duplicate message) or the
     delivery is over. Never raises for the receiver's sake."""
     now = utcnow()
-    took = session.execute(
-        update(WebhookDelivery)
-        .where(WebhookDelivery.id == delivery_id, WebhookDelivery.state == WebhookState.PENDING,
-               WebhookDelivery.attempts == n - 1)
-        .values(attempts=n, next_attempt_at=now + timedelta(seconds=claim_s(settings)))
-    ).rowcount
-    session.commit()
-    if not took:
+    taken = take_try(session, delivery_id, n, settings)
+    if taken is None:
         return None
-    row = session.get(WebhookDelivery, delivery_id, populate_existing=True)
-    body = json.dumps(row.payload, separators=(",", ":"), sort_keys=True).encode()
-    # the delivery's id is the webhook-id on every try: a receiver that got it before can tell
-    headers = signed_headers(tenant_secret(session, row.tenant), f"msg_{row.id.hex}", body)
-    url = row.url
-    session.rollback()  # no transaction stays open across the POST
+    url, body, headers = taken
     t0 = time.monotonic()
     status: int | None = None
     try:
@@ -236,31 +73,3 @@ def deliver(session: Session, delivery_id: uuid.UUID, n: int, settings: Settings
         result = TryResult("retrying" if n < settings.webhook_max_tries else "failed", None, type(e).__name__)
     record_try(session, delivery_id, n, result, now, time.monotonic() - t0, settings)
     return result
-
-
-def record_try(session: Session, delivery_id: uuid.UUID, n: int, result: TryResult, at, duration_s: float,  # noqa: ANN001
-               settings: Settings) -> None:
-    row = session.scalar(select(WebhookDelivery).where(WebhookDelivery.id == delivery_id,
-                                                       WebhookDelivery.attempts == n).with_for_update())
-    if row is None:  # cannot happen while the claim holds; a try past its claim stores nothing
-        session.rollback()
-        return
-    entry = {"try": n, "at": at.isoformat().replace("+00:00", "Z"), "status_code": result.status_code,
-             "error": result.error, "duration_ms": round(duration_s * 1000, 1)}
-    row.tries = [*row.tries, entry]
-    if result.outcome == "retrying":
-        row.next_attempt_at = utcnow() + timedelta(seconds=retry_delay_s(n, settings))
-    else:
-        row.state = WebhookState.DELIVERED if result.outcome == "delivered" else WebhookState.FAILED
-        row.finished_at = utcnow()
-    metrics.after_commit(session, lambda: metrics.WEBHOOK_DELIVERIES.labels(result.outcome).inc())
-    session.commit()
-    log.info("webhook delivery=%s try=%d outcome=%s status=%s", delivery_id, n, result.outcome, result.status_code)
-
-
-def deliveries_of(session: Session, job_id: uuid.UUID) -> list[dict]:
-    rows = session.scalars(select(WebhookDelivery).where(WebhookDelivery.job_id == job_id)
-                           .order_by(WebhookDelivery.created_at)).all()
-    return [{"id": str(r.id), "event": r.event, "url": r.url, "state": r.state.value, "attempts": r.attempts,
-             "next_attempt_at": r.next_attempt_at if r.state == WebhookState.PENDING else None,
-             "created_at": r.created_at, "finished_at": r.finished_at, "tries": r.tries} for r in rows]

@@ -15,10 +15,9 @@ import secrets
 import threading
 import time
 import uuid
-from collections import OrderedDict
 from collections.abc import Callable
-from typing import Any
 
+from cachetools import TTLCache
 from fastapi import Depends, HTTPException, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy import select
@@ -106,38 +105,6 @@ def revoke_key(session: Session, key_id: uuid.UUID) -> ApiKey | None:
 # ---- what the API process knows ----------------------------------------------------------------------------------
 
 
-class TTLCache:
-    """A bounded LRU whose entries expire; thread-safe, since sync dependencies run in the threadpool."""
-
-    def __init__(self, max_entries: int, ttl_s: float) -> None:
-        self.max_entries = max_entries
-        self.ttl_s = ttl_s
-        self._data: OrderedDict[str, tuple[Any, float]] = OrderedDict()
-        self._lock = threading.Lock()
-
-    def get(self, key: str) -> Any:
-        """The value, or ``_MISS`` when absent or expired."""
-        with self._lock:
-            hit = self._data.get(key)
-            if hit is None:
-                return _MISS
-            if hit[1] <= time.monotonic():
-                del self._data[key]
-                return _MISS
-            self._data.move_to_end(key)
-            return hit[0]
-
-    def put(self, key: str, value: Any) -> None:
-        with self._lock:
-            self._data[key] = (value, time.monotonic() + self.ttl_s)
-            self._data.move_to_end(key)
-            while len(self._data) > self.max_entries:
-                self._data.popitem(last=False)
-
-    def __len__(self) -> int:
-        return len(self._data)
-
-
 class KeyRing:
     """Key lookups by hash and whether any key exists, read from the database and cached for the TTL."""
 
@@ -145,9 +112,10 @@ class KeyRing:
         self.settings = settings
         self.sessions = sessions
         self.ttl_s = settings.auth_cache_ttl_s
-        self.tenants = TTLCache(settings.auth_cache_max_keys, self.ttl_s)
+        self.tenants: TTLCache = TTLCache(settings.auth_cache_max_keys, self.ttl_s)
         # bad tokens get their own LRU: a flood of them cannot evict a valid key, nor grow memory
-        self.unknown = TTLCache(settings.auth_cache_max_keys, self.ttl_s)
+        self.unknown: TTLCache = TTLCache(settings.auth_cache_max_keys, self.ttl_s)
+        self._cache_lock = threading.Lock()  # sync dependencies run in the threadpool
         self._lock = threading.Lock()
         self._synced = False
         self._required = False
@@ -179,14 +147,16 @@ class KeyRing:
 
     def tenant_for(self, secret: str) -> str | None:
         h = hash_key(secret)
-        for cache in (self.tenants, self.unknown):
-            hit = cache.get(h)
-            if hit is not _MISS:
-                return hit
+        with self._cache_lock:
+            for cache in (self.tenants, self.unknown):
+                hit = cache.get(h, _MISS)
+                if hit is not _MISS:
+                    return hit
         self.sync()
         with self.sessions() as s:
             tenant = s.scalar(select(ApiKey.tenant).where(ApiKey.key_sha256 == h, ApiKey.revoked_at.is_(None)))
-        (self.tenants if tenant is not None else self.unknown).put(h, tenant)
+        with self._cache_lock:
+            (self.tenants if tenant is not None else self.unknown)[h] = tenant
         return tenant
 
 

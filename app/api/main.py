@@ -16,6 +16,7 @@ from app.api.limits import BodySizeLimit
 from app.api.routes_health import router as health_router
 from app.api.routes_jobs import router as jobs_router
 from app.api.routes_usage import router as usage_router
+from app.catalog.plugins import check_engine_setting
 from app.db.session import session_factory
 from app.errors import BadSource, PermanentError, TooManyQueued, TransientError
 from app.jobs import IdempotencyConflict, JobNotFound
@@ -33,6 +34,7 @@ def _detail_handler(status: int):  # noqa: ANN202
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
+    check_engine_setting(settings)  # an API whose default engine is not installed does not start
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):  # noqa: ANN202

@@ -4,6 +4,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 from sqlalchemy import text
 
+from app.messaging import ping_broker
 from app.storage import get_store
 
 router = APIRouter()
@@ -17,19 +18,12 @@ def _check(fn) -> str:  # noqa: ANN001
         return f"error: {type(e).__name__}"
 
 
-def _broker_ping() -> None:
-    from workers.celery_app import app as celery_app
-
-    with celery_app.connection_for_write() as conn:
-        conn.ensure_connection(max_retries=1, timeout=2)
-
-
 @router.get("/healthz", tags=["health"])
 def healthz(request: Request) -> JSONResponse:
     def db() -> None:
         with request.app.state.sessions() as s:
             s.execute(text("SELECT 1"))
 
-    checks = {"database": _check(db), "broker": _check(_broker_ping), "storage": _check(lambda: get_store().ping())}
+    checks = {"database": _check(db), "broker": _check(ping_broker), "storage": _check(lambda: get_store().ping())}
     ok = all(v == "ok" for v in checks.values())
     return JSONResponse({"status": "ok" if ok else "degraded", "checks": checks}, 200 if ok else 503)

@@ -14,19 +14,38 @@ from fastapi.responses import JSONResponse, RedirectResponse, Response
 from pydantic import BaseModel, ValidationError
 from starlette.datastructures import UploadFile
 
+from app import fair_share
 from app.api.auth import current_tenant
 from app.constants import TRANSCRIPT_FORMATS, source_key, transcript_key
 from app.db.models import JobState
-from app.jobs import (JobFilter, NewJob, cancel_or_delete, create_batch, create_job, get_job, job_out, job_statuses,
-                      list_jobs, resolved_options)
-from app.schemas import (BatchCreate, BatchOut, JobCreate, JobList, JobOptions, JobOut, JobStatusOut, Progress,
-                         StatusOut, StatusQuery)
-from app.schemas import MAX_HOTWORDS_FILE_BYTES, parse_hotwords_text
+from app.hotword_list import MAX_HOTWORDS_FILE_BYTES, parse_hotwords_text
+from app.jobs import (
+    JobFilter,
+    NewJob,
+    cancel_or_delete,
+    create_batch,
+    create_job,
+    get_job,
+    job_out,
+    job_statuses,
+    list_jobs,
+    resolved_options,
+)
+from app.messaging import send_prepare, try_send
+from app.schemas import (
+    BatchCreate,
+    BatchOut,
+    JobCreate,
+    JobList,
+    JobOptions,
+    JobOut,
+    JobStatusOut,
+    Progress,
+    StatusOut,
+    StatusQuery,
+)
 from app.sources import UPLOAD_SCHEME, safe_filename, validate_source_uri, validate_webhook_url
 from app.storage import ObjectNotFound, get_store
-from workers import faults
-from workers import fair_share
-from workers.dispatch import send_prepare, try_send
 
 router = APIRouter(prefix="/v1", tags=["jobs"])
 
@@ -152,7 +171,6 @@ async def submit_job(
             await run_in_threadpool(get_store().delete_prefix, f"jobs/{job_id}/")
         raise
     if created:
-        faults.exit_before_publish()
         await run_in_threadpool(try_send, lambda ids: send_prepare(ids, levels), [job_id])
     elif uploaded_key:
         await run_in_threadpool(get_store().delete_prefix, f"jobs/{job_id}/")  # a replay keeps no second copy
@@ -291,7 +309,7 @@ def get_links(request: Request, job_id: uuid.UUID, tenant: str = Depends(current
 
 @router.get("/jobs/{job_id}/webhooks", summary="The job's webhook deliveries, each try with its answer")
 def get_webhooks(request: Request, job_id: uuid.UUID, tenant: str = Depends(current_tenant)) -> dict:
-    from workers.webhooks import deliveries_of
+    from app.webhooks import deliveries_of
 
     with request.app.state.sessions() as s:
         get_job(s, tenant, job_id)

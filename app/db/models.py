@@ -130,7 +130,7 @@ class Job(Base):
         Index("ix_jobs_tenant_created", "tenant", "created_at", "id"),
         Index("ix_jobs_state_updated", "state", "updated_at"),
         Index("ix_jobs_tenant_batch", "tenant", "batch_id"),
-        Index("ix_jobs_tenant_state", "tenant", "state"),  # a tenant's work in flight (workers/fair_share.py)
+        Index("ix_jobs_tenant_state", "tenant", "state"),  # a tenant's work in flight (app/fair_share.py)
         Index("ix_jobs_finished", "finished_at"),
         # the maintenance sweeps read the oldest finished jobs whose objects are still stored: partial
         # indexes keep that a short scan however many jobs were already swept
@@ -258,7 +258,7 @@ class WebhookSecret(Base):
 
 
 class TenantShare(Base):
-    """A tenant's recent usage for fair share (workers/fair_share.py): audio seconds of finished jobs,
+    """A tenant's recent usage for fair share (app/fair_share.py): audio seconds of finished jobs,
     halved every ASRQ_FAIR_SHARE_HALF_LIFE_S, as of ``updated_at``. Kept by the reconciler beat; the row
     of tenant "" is its cursor (how far finished jobs were counted)."""
 

@@ -9,15 +9,13 @@ import logging
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 
+from app.catalog.plugins import EngineSpec
 from workers.batching import MemoryCost, budget_from_memory, fit_memory_cost
 
-if TYPE_CHECKING:
-    from app.settings import Settings
+__all__ = ["ChunkText", "DecodeOptions", "Engine", "EngineOutOfMemory", "EngineSpec", "Word"]  # EngineSpec: the catalog's
 
 SAMPLE_RATE = 16000
 log = logging.getLogger("asrq.engines")
@@ -60,17 +58,8 @@ class DecodeOptions:
     itn: bool | None = None
 
 
-@dataclass(frozen=True)
-class EngineSpec:
-    engine: str  # the name it is registered under in the entry-point group asrq.engines
-    model: str  # a local folder or a known bundled name
-
-    def __str__(self) -> str:
-        return f"{self.engine}:{self.model}"
-
-
 class Engine(ABC):
-    """One loaded model. Created once per worker process (see engines.registry.get_engine)."""
+    """One loaded model. Created once per worker process (see workers/engines/registry.get_engine)."""
 
     spec: EngineSpec
     device: str
@@ -159,35 +148,3 @@ def probe_audio(seconds: float, seed: int = 0) -> np.ndarray:
     envelope = np.clip(np.sin(2 * np.pi * 4.0 * t + rng.uniform(0, np.pi)), 0, None)
     audio = 0.1 * voice * envelope + 0.005 * rng.standard_normal(t.size)
     return audio.astype(np.float32)
-
-
-def _no_bundled_models() -> dict[str, Path]:
-    return {}
-
-
-@dataclass(frozen=True)
-class EnginePlugin:
-    """What a package registers to add an engine: an object of this class named by an entry point in
-    the group ``asrq.engines``; the entry point's name is the engine's name (what jobs, ASRQ_ENGINE and
-    ``--engine`` say). The built-ins register the same way, in asrq's own pyproject.toml::
-
-        [project.entry-points."asrq.engines"]
-        whisper = "workers.engines.builtin:WHISPER"
-
-    Importing the module that holds it must be cheap (the API imports it to validate submissions):
-    import the model's library inside ``load``.
-    """
-
-    #: (spec, the model's folder from model_location or None, settings) -> the loaded engine. Errors a retry
-    #: cannot fix (bad files) fail the job's chunks; MemoryError/EngineOutOfMemory/CUDA errors are retried.
-    load: Callable[[EngineSpec, "Path | None", "Settings"], Engine]
-    #: True when a folder holds a model in the format ``load`` reads (a few stat calls, nothing loaded)
-    looks_like_model: Callable[[Path], bool]
-    #: model names a Python package ships -> their folders; jobs name them ``bundled:<name>``
-    bundled: Callable[[], dict[str, Path]] = _no_bundled_models
-    #: longest chunk the engine takes in one piece; prepare cuts below min(this, ASRQ_MAX_CHUNK_S)
-    max_chunk_s: float = 30.0
-    #: the model a job that names this engine and no model gets, when the engine is not the
-    #: deployment's default (whose ASRQ_MODEL is used); None: such a job must name a model
-    default_model: str | None = None
-    description: str = ""

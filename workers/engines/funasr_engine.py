@@ -5,20 +5,17 @@ from __future__ import annotations
 import os
 import re
 import unicodedata
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
-from workers.engines.base import (
-    SAMPLE_RATE,
-    ChunkText,
-    DecodeOptions,
-    Engine,
-    EngineOutOfMemory,
-    EngineSpec,
-    Word,
-)
 from workers.batching import MemoryCost
+from workers.engines.base import SAMPLE_RATE, ChunkText, DecodeOptions, Engine, EngineOutOfMemory, EngineSpec, Word
+
+if TYPE_CHECKING:
+    from app.settings import Settings
 
 _HOTWORD_MODELS = {"SeacoParaformer", "ContextualParaformer"}
 _SENSEVOICE_LANGUAGES = {"auto", "zh", "en", "yue", "ja", "ko"}
@@ -42,6 +39,11 @@ def _is_cjk(s: str) -> bool:
 
 def _is_punct(s: str) -> bool:
     return bool(s) and all(unicodedata.category(c).startswith("P") for c in s)
+
+
+def load(spec: EngineSpec, folder: Path | None, settings: Settings) -> FunASREngine:
+    """The funasr plug-in's loader (app/catalog/builtin.py): FunASR loads from the model's folder."""
+    return FunASREngine(EngineSpec(spec.engine, str(folder)), settings.device, settings.fp16)
 
 
 class FunASREngine(Engine):

@@ -8,28 +8,37 @@ import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 
-from workers.engines.base import SAMPLE_RATE, ChunkText, DecodeOptions, Engine, EngineOutOfMemory, EngineSpec, Word
+from app.catalog import whisper_base
+from app.catalog.builtin import WHISPER
+from app.catalog.models import BUNDLED_PREFIX, model_location
 from workers.batching import MemoryCost
+from workers.engines import bundled_base
+from workers.engines.base import SAMPLE_RATE, ChunkText, DecodeOptions, Engine, EngineOutOfMemory, EngineSpec, Word
+
+if TYPE_CHECKING:
+    from app.settings import Settings
 
 # every chunk is one encoder window of this length in Whisper's batched pass
 WINDOW_S = 30.0
 
 
+def load(spec: EngineSpec, folder: Path | None, settings: Settings) -> WhisperEngine:  # noqa: ARG001
+    """The whisper plug-in's loader (app/catalog/builtin.py)."""
+    return WhisperEngine(spec, settings.device, settings.fp16, settings.cpu_threads, settings.models_dir,
+                         settings.cpu_decoders)
+
+
 def resolve_model_path(model: str, models_dir: Path | None = None) -> str:
     """A bundled model name, a folder, or a folder name under ASRQ_MODELS_DIR. Never a hub download."""
-    from workers.engines import bundled_base
-    from workers.engines.builtin import WHISPER
-    from workers.engines.registry import BUNDLED_PREFIX, model_location
-
     path = model_location("whisper", model, models_dir)
     if path is None:
         known = ", ".join(WHISPER.bundled()) or "none"
         raise ValueError(f"unknown bundled model {model[len(BUNDLED_PREFIX):]!r} (known: {known})")
-    if bundled_base.is_source(path):
+    if whisper_base.is_source(path):
         path = bundled_base.joined_folder()  # the two halves, joined once per machine
     if not (path / "model.bin").is_file():
         raise ValueError(f"no CTranslate2 Whisper model at {path} (model.bin missing)")
@@ -222,12 +231,12 @@ class WhisperEngine(Engine):
 
 
 def simplified(result: ChunkText) -> ChunkText:
-    """Chinese in simplified characters, whichever script the model wrote (workers/chinese_script.py).
+    """Chinese in simplified characters, whichever script the model wrote (workers/engines/chinese_script.py).
     Done here, per chunk, where each chunk's language is known and before the result is stored, so chunk
     rows, merge and every format agree; FunASR's Chinese models write simplified already."""
     if result.language != "zh":
         return result
-    from workers.chinese_script import simplify_chunk
+    from workers.engines.chinese_script import simplify_chunk
 
     return simplify_chunk(result)
 

@@ -13,25 +13,27 @@ from dataclasses import dataclass
 from sqlalchemy import select
 
 from app import metrics
+from app.catalog.postprocess import NONE as NO_PUNCTUATION
+from app.catalog.postprocess import itn_applies
 from app.constants import TASK_FINALIZE, pcm_key, transcript_key
 from app.db.models import Chunk, ChunkState, Job, JobState, utcnow
 from app.db.session import session_scope
 from app.errors import PermanentError
+from app.lifecycle import begin_finalize, begin_finalize_more, complete_job, fail_job, requeue_finalize
+from app.messaging import send_finalize, try_send
+from app.messaging import send_webhook_tries as send_deliveries
 from app.settings import get_settings
 from app.storage import get_store
+from app.webhooks import dispatch_due
 from workers.celery_app import app
 from workers.engines.base import Word
 from workers.formats import CONTENT_TYPES, render
-from workers.itn import itn_applies, normalize_words
-from workers.dispatch import send_finalize, try_send
-from workers.merge import MergeOptions, absolute_words, chunk_result, merge
+from workers.itn import normalize_words
 from workers.lease import JobLease
+from workers.merge import MergeOptions, absolute_words, chunk_result, merge
 from workers.pools import ProcessPool
-from workers.punctuation import NONE as NO_PUNCTUATION
 from workers.punctuation import get_punc_model, punctuate, punctuates_itself
-from workers.state import begin_finalize, begin_finalize_more, complete_job, fail_job, requeue_finalize
 from workers.tasks.policy import TRANSIENT, run_job_step
-from workers.webhooks import dispatch_due, send_deliveries
 
 log = logging.getLogger("asrq.finalize")
 

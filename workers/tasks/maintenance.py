@@ -24,12 +24,12 @@ from sqlalchemy import delete, exists, select, update
 from app.constants import TASK_MAINTENANCE, job_prefix, pcm_key
 from app.db.models import TERMINAL_JOB_STATES, Batch, Chunk, Job, utcnow
 from app.db.session import session_scope
+from app.lifecycle import mark_audio_deleted
 from app.settings import get_settings
 from app.sources import UPLOAD_SCHEME
 from app.storage import ObjectStore, get_store
 from app.usage import roll_up
 from workers.celery_app import app
-from workers.state import mark_audio_deleted
 
 log = logging.getLogger("asrq.maintenance")
 

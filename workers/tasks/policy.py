@@ -15,8 +15,8 @@ from sqlalchemy.exc import DBAPIError, OperationalError
 
 from app.db.session import session_scope
 from app.errors import PermanentError, TransientError
+from app.lifecycle import fail_job
 from app.settings import get_settings
-from workers.state import fail_job
 
 log = logging.getLogger("asrq.tasks")
 

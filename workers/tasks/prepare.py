@@ -10,21 +10,20 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
 
-from app import metrics
+from app import fair_share, metrics
+from app.catalog.plugins import MAX_CHUNK_S
 from app.constants import PCM_BYTES_PER_SAMPLE, PCM_SAMPLE_RATE, TASK_PREPARE, pcm_key
 from app.db.models import Job, JobState
 from app.db.session import session_scope
+from app.lifecycle import begin_prepare, requeue_prepare, save_plan
+from app.messaging import send_finalize, send_transcribe, try_send
 from app.settings import Settings, get_settings
 from app.storage import ObjectStore, get_store
 from workers.audio import decode_to_pcm, pcm_to_float
-from workers import fair_share
 from workers.celery_app import app
 from workers.chunking import ChunkingOptions, ChunkPlan, plan_chunks
-from workers.dispatch import send_finalize, send_transcribe, try_send
-from workers.engines.registry import MAX_CHUNK_S
 from workers.fetch import fetch_source
 from workers.lease import JobLease
-from workers.state import begin_prepare, requeue_prepare, save_plan
 from workers.tasks.policy import TRANSIENT, run_job_step
 from workers.vad import speech_segments
 
@@ -83,7 +82,7 @@ def _prepare_held(job_id: uuid.UUID, attempt: int, tenant: str, source_uri: str,
         log.info("job=%s prepare attempt %d lost the job; dropping its plan", job_id, attempt)
         return
     if chunk_ids:
-        # the chunks' broker level: the tenant's standing now (workers/fair_share.py)
+        # the chunks' broker level: the tenant's standing now (app/fair_share.py)
         levels = fair_share.job_level(tenant, options.get("priority"), settings)
         try_send(lambda ids: send_transcribe(ids, levels=levels), chunk_ids)
     elif not plans:

@@ -24,16 +24,15 @@ from datetime import datetime, timedelta
 from sqlalchemy import exists, select, update
 from sqlalchemy.orm import Session
 
-from app import metrics
+from app import fair_share, metrics
 from app.constants import TASK_FINALIZE, TASK_PREPARE, TASK_RECONCILE, TASK_TRANSCRIBE
 from app.db.models import Chunk, ChunkState, Job, JobState, utcnow
 from app.db.session import session_scope
+from app.lifecycle import _advance, _fail_job_row, lock_jobs, log_state
+from app.messaging import send_finalize, send_prepare, send_transcribe, try_send
 from app.settings import get_settings
 from workers.celery_app import app
-from workers import fair_share
-from workers.dispatch import send_finalize, send_prepare, send_transcribe, try_send
 from workers.inventory import Inventory, read_inventory
-from workers.state import _advance, _fail_job_row, lock_jobs, log_state
 
 log = logging.getLogger("asrq.reconcile")
 

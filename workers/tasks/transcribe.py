@@ -15,27 +15,13 @@ from concurrent.futures import Future, ThreadPoolExecutor
 
 import numpy as np
 from celery_batches import Batches
-from sqlalchemy import select
 from sqlalchemy.exc import DBAPIError, OperationalError
 
 from app import metrics
 from app.constants import TASK_TRANSCRIBE, pcm_key
-from app.db.models import Job
 from app.db.session import session_scope
 from app.errors import ModelUnavailable, PermanentError
-from app.settings import get_settings
-from app.storage import ObjectNotFound, get_store
-from workers import faults
-from workers.audio import ms_to_byte, pcm_to_float
-from workers.batching import group_by, plan_batches, run_splitting_on_oom
-from workers.celery_app import app
-from workers.dispatch import send_finalize, send_transcribe, try_send
-from workers.engines.base import DecodeOptions, Engine, EngineOutOfMemory
-from workers.engines.registry import get_engine
-from workers.lease import HeldChunks
-from workers.merge import stored_words
-from workers.pools import ProcessPool
-from workers.state import (
+from app.lifecycle import (
     ChunkWork,
     claim_chunks,
     drop_chunks_of_finished,
@@ -47,6 +33,17 @@ from workers.state import (
     release_unreadable,
     save_results,
 )
+from app.messaging import send_finalize, send_transcribe, try_send
+from app.settings import get_settings
+from app.storage import ObjectNotFound, get_store
+from workers.audio import ms_to_byte, pcm_to_float
+from workers.batching import group_by, plan_batches, run_splitting_on_oom
+from workers.celery_app import app
+from workers.engines.base import DecodeOptions, Engine, EngineOutOfMemory
+from workers.engines.registry import get_engine
+from workers.lease import HeldChunks
+from workers.merge import stored_words
+from workers.pools import ProcessPool
 from workers.tasks.policy import TRANSIENT, backoff_s, transient_retry_limit
 
 # the database failing under a result write: not the chunk's fault, so not charged to it
@@ -73,7 +70,7 @@ class ReconnectSafeBatches(Batches):
           flush_interval=_settings.batch_flush_interval_s, acks_late=True)
 def transcribe(requests) -> None:  # noqa: ANN001
     chunk_ids = [r.args[0] for r in requests if r.args]
-    # each message's fair-share level (workers/fair_share.py): the batches of the least served tenants run first
+    # each message's fair-share level (app/fair_share.py): the batches of the least served tenants run first
     levels = {str(r.args[0]): int((r.delivery_info or {}).get("priority") or 0) for r in requests if r.args}
     worker = (requests[0].hostname if requests else None) or socket.gethostname()
     try:
@@ -136,7 +133,6 @@ def process_chunks(chunk_ids: list[str], worker: str, levels: dict[str, int] | N
                 held.add_claim(claimed[0].claim_id if claimed else None)
                 pending = pool.submit(_claim_and_read, batches[n + 1]) if n + 1 < len(batches) else None
                 if claimed:
-                    faults.crash_if_poisoned(lambda: list(_filenames({w.job_id for w in claimed}).values()))
                     _run_guarded(claimed, audios, worker, engines)
         finally:
             # an error that ends this task early must not leave the next batch claimed by nobody
@@ -208,11 +204,6 @@ def _read_all(work: list[ChunkWork]) -> list[np.ndarray | Exception]:
     return list(_READS.get().map(_read_one, work))
 
 
-def _filenames(job_ids: set[uuid.UUID]) -> dict[uuid.UUID, str]:
-    with session_scope() as s:
-        return dict(s.execute(select(Job.id, Job.filename).where(Job.id.in_(job_ids))).all())
-
-
 def _read_one(w: ChunkWork) -> np.ndarray | Exception:
     try:
         return pcm_to_float(get_store().get_range(pcm_key(w.job_id), ms_to_byte(w.start_ms), ms_to_byte(w.end_ms)))
@@ -274,7 +265,7 @@ def _run_batch(batch: list[ChunkWork], audios: list[np.ndarray | Exception], wor
             fail_chunks(s, [w for w, _ in ok], str(e))
         return
     if o.get("hotwords") and not engine.supports_hotwords:
-        # the API refuses this where the model's folder tells (workers/engines/hotwords.py); an engine it
+        # the API refuses this where the model's folder tells (app/catalog/hotwords.py); an engine it
         # cannot judge says so once loaded, and the job fails rather than silently ignore its hotwords
         with session_scope() as s:
             fail_chunks(s, [w for w, _ in ok], f"model {o['model']!r} of engine {o['engine']!r} does not "
@@ -283,7 +274,6 @@ def _run_batch(batch: list[ChunkWork], audios: list[np.ndarray | Exception], wor
     options = DecodeOptions(language=o.get("language"), hotwords=tuple(o.get("hotwords") or ()), itn=o.get("itn"))
 
     def infer(pairs: list[tuple[ChunkWork, np.ndarray]]) -> list:
-        faults.oom_if_too_big(len(pairs))
         t0 = time.monotonic()
         texts = engine.transcribe_batch([a for _, a in pairs], options)
         _store_results([w for w, _ in pairs], texts, time.monotonic() - t0, worker, str(engine.spec))

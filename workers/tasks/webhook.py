@@ -1,6 +1,6 @@
 """webhook tasks, on the maintenance queue so a slow receiver never holds the workers that prepare and
 finalize jobs: the beat's sweep sends the deliveries that are due, and each delivery task makes one
-signed POST and schedules the next try (workers/webhooks.py). Neither raises: the rows carry every retry."""
+signed POST and schedules the next try (workers/webhooks.py, app/webhooks.py). Neither raises: the rows carry every retry."""
 
 from __future__ import annotations
 
@@ -9,9 +9,11 @@ import uuid
 
 from app.constants import TASK_WEBHOOK, TASK_WEBHOOK_SWEEP
 from app.db.session import session_scope
+from app.messaging import send_webhook_tries as send_deliveries
 from app.settings import get_settings
+from app.webhooks import dispatch_due
 from workers.celery_app import app
-from workers.webhooks import deliver, dispatch_due, send_deliveries
+from workers.webhooks import deliver
 
 log = logging.getLogger("asrq.webhooks")
 

@@ -1,6 +1,6 @@
 """Models by hub name: FunASR's short names (paraformer-zh, ct-punc, ...) and ModelScope / Hugging Face ids
 (iic/SenseVoiceSmall) as names of folders under ASRQ_MODELS_DIR, and ``asrq models pull``, the one code path
-that downloads.
+that downloads (called by the CLI only: the API and the workers never do).
 
 A pulled model lives in ``ASRQ_MODELS_DIR/<hub id with "/" as "--">`` (iic--SenseVoiceSmall) with a small
 manifest (asrq-model.json) that lists every name it answers to: the hub id, its last part, and FunASR's
@@ -22,6 +22,8 @@ import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
+
+from app.catalog.plugins import engines
 
 log = logging.getLogger("asrq.hub")
 
@@ -190,8 +192,6 @@ def pull(name: str, models_dir: Path, hub: str = DEFAULT_HUB, revision: str | No
 
     The files land in a hidden staging folder that is renamed into place only when the download is
     complete and is a FunASR model folder, so an API or worker never sees half a model."""
-    from workers.engines.registry import looks_like_model
-
     if hub not in HUBS:
         raise PullError(f"unknown hub {hub!r} (hubs: {', '.join(HUBS)})")
     table = name_maps()[hub]
@@ -217,7 +217,8 @@ def pull(name: str, models_dir: Path, hub: str = DEFAULT_HUB, revision: str | No
                             f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"
                             f" (no network? a mirror is set with "
                             f"{'HF_ENDPOINT' if hub == 'hf' else 'MODELSCOPE_ENDPOINT'})") from e
-        if not looks_like_model("funasr", staging):
+        funasr = engines().get("funasr")
+        if funasr is None or not funasr.looks_like_model(staging):
             found = ", ".join(sorted(p.name for p in staging.iterdir())[:20]) if staging.is_dir() else "nothing"
             raise PullError(f"{model_id} from {HUBS[hub]} is not a FunASR model folder (config.yaml and "
                             f"model.pt expected; got: {found})")

@@ -23,19 +23,19 @@ from __future__ import annotations
 import logging
 import math
 import threading
-import time
 import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 
+from cachetools import TTLCache
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from app.constants import PRIORITY_STEPS  # noqa: F401 - the levels this module hands out
+from app.db.models import TERMINAL_JOB_STATES, Chunk, Job, JobState, TenantShare, utcnow
 from app.db.session import session_scope
 from app.errors import TooManyQueued
-from app.db.models import TERMINAL_JOB_STATES, Chunk, Job, JobState, TenantShare, utcnow
 from app.settings import Settings
 
 JOB_PRIORITIES = ("high", "normal", "low")
@@ -121,26 +121,22 @@ class StandingCache:
     """Standings per tenant, reused for ``ttl_s``: a prepare worker sending chunks for 25 jobs a second
     reads each tenant's standing once per ttl, not once per job."""
 
-    def __init__(self, ttl_s: float = 5.0) -> None:
-        self.ttl_s = ttl_s
+    def __init__(self, ttl_s: float = 5.0, max_tenants: int = 10_000) -> None:
         self._lock = threading.Lock()
-        self._seen: dict[str, tuple[float, Standing]] = {}
+        self._seen: TTLCache = TTLCache(maxsize=max_tenants, ttl=ttl_s)
 
     def get(self, session: Session | None, tenant: str, settings: Settings) -> Standing:
-        now = time.monotonic()
         with self._lock:
             hit = self._seen.get(tenant)
-            if hit is not None and now - hit[0] < self.ttl_s:
-                return hit[1]
+        if hit is not None:
+            return hit
         if session is None:
             with session_scope() as s:
                 standing = read_standings(s, [tenant], settings)[tenant]
         else:
             standing = read_standings(session, [tenant], settings)[tenant]
         with self._lock:
-            if len(self._seen) > 10_000:
-                self._seen.clear()
-            self._seen[tenant] = (now, standing)
+            self._seen[tenant] = standing
         return standing
 
 

@@ -1,5 +1,6 @@
-"""Which models take hotwords, and how many: checked at submission from the model's folder (cheap file
-reads, cached; nothing is loaded), so a job gets a 422 instead of a transcript that silently ignored them.
+"""Hotwords: a job's list or file as clients send it, and which models take how many of them, checked at
+submission from the model's folder (cheap file reads, cached; nothing is loaded), so a job gets a 422
+instead of a transcript that silently ignored them.
 
 - FunASR: only SeACo / contextual Paraformers bias towards hotwords (config.yaml's ``model``); any other
   FunASR model given hotwords is refused. They take the whole list (tested with 1,000).

@@ -1,24 +1,53 @@
-"""Worker-side state transitions of jobs and chunks, each a conditional SQL update.
+"""The lifecycle of jobs and chunks: every state transition, each a conditional SQL update, with its
+fencing, the webhook outbox row a job's end writes, and the one lock order (``lock_jobs``).
 
 Every transition names the state it leaves, so a redelivered or duplicated message finds nothing to
-do instead of doing it twice.
+do instead of doing it twice. The API (cancel), the workers and the reconciler all move jobs through
+here; the README's state table says who owns each state.
 """
 
 from __future__ import annotations
 
 import logging
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import timedelta
+from typing import Protocol
 
-from sqlalchemy import (JSON, Float, String, Text, Uuid, bindparam, case, cast, column, delete, false, func, insert,
-                        select, update, values)
+from sqlalchemy import (
+    JSON,
+    Float,
+    String,
+    Text,
+    Uuid,
+    bindparam,
+    case,
+    cast,
+    column,
+    delete,
+    false,
+    func,
+    insert,
+    select,
+    update,
+    values,
+)
 from sqlalchemy.orm import Session
 
-from app.db.models import TERMINAL_JOB_STATES, Batch, Chunk, ChunkState, Job, JobState, utcnow
 from app import metrics
-from workers.chunking import ChunkPlan
-from workers.webhooks import note_job_end
+from app.db.models import (
+    TERMINAL_JOB_STATES,
+    Batch,
+    Chunk,
+    ChunkState,
+    Job,
+    JobState,
+    WebhookDelivery,
+    WebhookState,
+    utcnow,
+)
+from app.webhooks import EVENTS
 
 log = logging.getLogger("asrq.state")
 
@@ -94,7 +123,15 @@ def requeue_prepare(session: Session, job_id: uuid.UUID) -> None:
     session.commit()
 
 
-def save_plan(session: Session, job_id: uuid.UUID, attempt: int, plans: list[ChunkPlan],
+class PlannedChunk(Protocol):
+    """A chunk as prepare planned it (workers/chunking.py ChunkPlan)."""
+
+    index: int
+    start_ms: int
+    end_ms: int
+
+
+def save_plan(session: Session, job_id: uuid.UUID, attempt: int, plans: Sequence[PlannedChunk],
               duration_s: float) -> list[uuid.UUID]:
     """Write the chunk rows and move PREPARING -> TRANSCRIBING (or FINALIZING when there is no speech).
 
@@ -429,6 +466,34 @@ def mark_audio_deleted(session: Session, job_ids: list[uuid.UUID]) -> None:
         session.commit()
 
 
+# --- the webhook outbox row, written with the job's last state change -----------------------------------
+
+
+def note_job_end(session: Session, job_id: uuid.UUID, state: JobState) -> None:
+    """Inside the transaction that just moved ``job_id`` to ``state``: write its webhook delivery (if it
+    has a webhook) and count the job once that transaction commits."""
+    job = session.execute(select(Job.tenant, Job.webhook_url, Job.options, Job.error, Job.duration_s,
+                                 Job.created_at, Job.started_at).where(Job.id == job_id)).one_or_none()
+    if job is None:
+        return
+    now = utcnow()
+    metrics.after_commit(session, lambda: metrics.observe_job_end(state.value, job.tenant, job.options,
+                                                                  job.created_at, job.started_at, now))
+    if not job.webhook_url:
+        return
+    event = EVENTS[state]
+    data = {"job_id": str(job_id), "state": state.value}
+    if state != JobState.COMPLETED and job.error:
+        data["error"] = job.error[:2000]
+    if job.duration_s is not None:
+        data["duration_s"] = job.duration_s
+    session.execute(insert(WebhookDelivery), [{
+        "id": uuid.uuid4(), "job_id": job_id, "tenant": job.tenant, "url": job.webhook_url, "event": event,
+        "payload": {"type": event, "timestamp": now.isoformat().replace("+00:00", "Z"), "data": data},
+        "state": WebhookState.PENDING, "attempts": 0, "next_attempt_at": now, "tries": [], "created_at": now,
+    }])
+
+
 def _fail_job_row(session: Session, job_id: uuid.UUID, reason: str) -> bool:
     res = session.execute(
         update(Job)
@@ -438,6 +503,26 @@ def _fail_job_row(session: Session, job_id: uuid.UUID, reason: str) -> bool:
     )
     if res.rowcount:
         note_job_end(session, job_id, JobState.FAILED)  # its webhook row, in this same transaction
+    return bool(res.rowcount)
+
+
+def cancel_job(session: Session, job_id: uuid.UUID) -> bool:
+    """Any state that is not final -> CANCELLED (the client's DELETE), its unfinished chunks FAILED, its
+    webhook row written, in one transaction. A worker finishing at this instant wins or loses cleanly
+    (conditional updates), and every later write of its holder is fenced out by the state."""
+    res = session.execute(
+        update(Job)
+        .where(Job.id == job_id, Job.state.not_in(list(TERMINAL_JOB_STATES)))
+        .values(state=JobState.CANCELLED, finished_at=utcnow(), error="cancelled by client")
+    )
+    if res.rowcount:
+        note_job_end(session, job_id, JobState.CANCELLED)  # its webhook row, in this same transaction
+    session.execute(
+        update(Chunk).where(Chunk.job_id == job_id, Chunk.state != ChunkState.DONE).values(state=ChunkState.FAILED)
+    )
+    session.commit()
+    if res.rowcount:
+        log.info("job=%s state=CANCELLED", job_id)
     return bool(res.rowcount)
 
 
