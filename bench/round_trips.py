@@ -88,11 +88,11 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--jobs", type=int, default=20)
     args = ap.parse_args(argv)
-    from tests.services import apply_env, base_env, moto_s3, postgres_database
+    from tests.services import REDIS_BASE, apply_env, base_env, moto_s3, postgres_database
 
     tmp = Path(tempfile.mkdtemp(prefix="asrq-trips-"))
     with postgres_database() as db, moto_s3("asrq-test", tmp) as (endpoint, _):
-        apply_env(base_env(db, "redis://127.0.0.1:6379/15", "s3://asrq-test/asrq", endpoint, tmp, "k"))
+        apply_env(base_env(db, f"{REDIS_BASE}/15", "s3://asrq-test/asrq", endpoint, tmp, "k"))
         from sqlalchemy import event
         from sqlalchemy.engine import Engine
 

@@ -23,7 +23,7 @@ from bench.corpus import Item
 from bench.measure import TreeSampler, corpus_wer
 
 BUCKET = "asrq-bench"
-REDIS_DB = 13  # this harness's own Redis db number (tests and other tools use 11, 12, 14)
+REDIS_DB = 13  # this harness's own Redis db number (tests use 11, 12), on ASRQ_TEST_REDIS (default: the local Redis)
 # tests/services.base_env shortens these so fault tests run fast; a benchmark runs the shipped defaults
 # (a 6 s reconcile staleness would re-send every chunk still waiting in the queue and skew the figures)
 TEST_ONLY_ENV = ("ASRQ_RECONCILE_INTERVAL_S", "ASRQ_RECONCILE_STALE_S", "ASRQ_CHUNK_LEASE_S",
