@@ -45,7 +45,7 @@ bench: $(STAMP) $(INSTANT_STAMP) deps
 bench-quick: $(STAMP) $(INSTANT_STAMP) deps
 	$(BIN)/python -m bench.run --quick
 
-# the chaos soak (tests/chaos.py): faults at seeded random moments over the real stack; every seed runs,
+# the chaos soak (tests/chaos/): faults at seeded random moments over the real stack; every seed runs,
 # and the target fails if any seed broke a guarantee. CHAOS_SEEDS="4 5" make chaos picks others.
 CHAOS_SEEDS ?= 1 2 3
 chaos: $(STAMP) deps

@@ -1,4 +1,4 @@
-"""The chaos soak's quick mode (tests/chaos.py) with a fixed seed: one campaign, one test per guarantee.
+"""The chaos soak's quick mode (tests/chaos/) with a fixed seed: one campaign, one test per guarantee.
 
 The campaign runs once for the module (about 6 minutes for the soak on 2 cores, plus the backlog part);
 each test below asserts one of its checks, so a failure names the guarantee that broke and prints the

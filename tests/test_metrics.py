@@ -11,8 +11,7 @@ import httpx
 import pytest
 
 from tests.conftest import REDIS_TEST_DB
-from tests.observed_stack import Receiver, observed_stack, scrape, total, wait_job
-from tests.services import AUDIO, wait_until
+from tests.services import AUDIO, Receiver, observed_stack, scrape, total, wait_job, wait_until
 
 pytestmark = pytest.mark.slow
 

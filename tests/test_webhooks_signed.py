@@ -14,8 +14,7 @@ import uuid
 import pytest
 
 from tests.conftest import REDIS_TEST_DB
-from tests.observed_stack import Receiver, json_body, observed_stack, start_cpu_worker, wait_job
-from tests.services import AUDIO, wait_until
+from tests.services import AUDIO, Receiver, json_body, observed_stack, wait_job, wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -134,7 +133,7 @@ def test_completed_webhook_is_signed_and_retried_until_accepted(stack, secret):
             assert doc["type"] == "job.completed" and doc["data"] == {**doc["data"], "job_id": jid,
                                                                       "state": "COMPLETED"}
             # a body changed in transit, or signed with another secret, does not verify
-            from tests.observed_stack import verify_standard_webhook
+            from tests.services import verify_standard_webhook
 
             assert not verify_standard_webhook(secret, tries[0]["headers"], tries[0]["body"] + b" ")
             assert not verify_standard_webhook("whsec_" + "QUFBQQ==", tries[0]["headers"], tries[0]["body"])
@@ -187,7 +186,7 @@ def test_cancelled_job_webhook_is_kept_while_no_worker_runs(stack, secret):
             assert rx.on("/cancelled") == []
             h = _hooks(c, jid)[0]
             assert (h["state"], h["event"], h["attempts"]) == ("pending", "job.cancelled", 0)
-            start_cpu_worker(stack, name="cpu-worker-2")
+            stack.start_cpu_worker(name="cpu-worker-2")
             wait_until(lambda: _hooks(c, jid)[0]["state"] == "delivered", 120, what=f"delivery\n{stack.logs()}")
             tries = rx.on("/cancelled")
             assert [t["status"] for t in tries] == [500, 500, 204] and all(t["verified"] for t in tries)

@@ -1,0 +1,53 @@
+"""Chaos soak: a seeded, randomized fault campaign over the real stack (issue 9).
+
+    python -m tests.chaos --seed N [--quick] [--part soak|backlog|all] [--workdir DIR]
+
+Two parts, on services this process owns (a private Postgres cluster and Redis server, moto S3 behind a
+TCP relay, a loopback HTTP/HTTPS server for URI sources) and the real asrq processes:
+
+soak     A seeded workload (uploads, http/https/s3 URIs, one or more POST /v1/jobs/batch, several tenants,
+         bad inputs meant to fail) runs once without faults (the baseline), then again while a scheduler
+         injects seeded faults at random moments: kill -9 and SIGTERM of every process kind (API, CPU
+         prepare/finalize worker, transcribe worker, beat), kill -9 of one worker child, Redis restart and
+         flush, Postgres restart, S3 outage, duplicate deliveries. Killed processes come back after a short
+         random delay. Then it checks, and prints:
+           - every good job COMPLETED, every bad input FAILED with a stored reason (or refused with a 4xx);
+           - every transcript equal to the baseline's (text and segment texts identical; times within 0.5 s);
+           - no chunk DONE twice (a Postgres trigger logs every transition into DONE into an audit table);
+           - nothing left PREPARING, TRANSCRIBING or FINALIZING;
+           - everything finished before a hard deadline (else: STUCK, with state, chunks and logs);
+         and reports duplicate publishes (reconciler log lines, injected ones, and per job from Celery's
+         task-sent events), the longest recovery time, and the faults by kind and job state at injection.
+backlog  Finding 4: N jobs in one POST /v1/jobs/batch drain through one CPU worker with a short
+         reconcile_stale_s; Redis is flushed half-way. duplicates = reconciler re-sends - messages really
+         lost at the flush (LLEN of the queues + HLEN of kombu's ``unacked`` just before FLUSHALL);
+         target: under 1 % of the jobs, and every job COMPLETED.
+
+Recovery time of a fault: among the jobs not finished when it was injected, the longest wait from the
+injection to that job's next progress event (a job state change or one of its chunks reaching DONE, both
+recorded by the audit triggers with the database clock). It includes ordinary queueing, so the report
+prints the baseline's longest progress gap beside it for scale.
+
+The exit status is 0 only when every guarantee held. The quick mode (CI, tests/test_chaos.py) asserts
+nothing that depends on timing except the overall deadline.
+
+Modules, in the order a campaign uses them:
+    modes.py       the quick and full sizes (jobs, faults, deadlines, settings)
+    workload.py    the seeded recordings and bad inputs (Item), and the servers of http(s)/s3 sources
+    database.py    the campaign's Postgres connection, the audit triggers, job states and progress times
+    fleet.py       the asrq processes (API, CPU worker, transcribe worker, beat): start, kill, restart
+    submission.py  submitting through the API (single, batch, retried), waiting, reading transcripts
+    broker.py      what Redis holds, Celery's task-sent events, the reconciler's re-sends
+    faults.py      the fault kinds, the seeded plan, the injector and its record, recovery times
+    soak.py        the soak part: baseline, the run under faults, the verdict
+    backlog.py     the backlog part
+    checks.py      each guarantee's check, and the measurements printed beside them
+    report.py      Report (lines, checks, metrics), the fault table
+    diagnosis.py   what a failed run prints about the jobs that went wrong
+    campaign.py    the services a campaign owns, and run_campaign
+"""
+
+from tests.chaos.campaign import run_campaign
+from tests.chaos.report import Check, Report
+
+__all__ = ["Check", "Report", "run_campaign"]
