@@ -9,6 +9,7 @@ import { attachAudio } from './player.js';
 import { confirmDialog } from './confirm.js';
 
 const POLL_MS = 1500;
+const HOOKS_POLL_MS = 3000;
 const CJK = /[\u2e80-\u2fdf\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\uac00-\ud7af\uff00-\uffef]/;
 const WORDCHAR = /[\p{L}\p{N}]/u;
 const TAG_LABEL = { emotion: 'Emotion', event: 'Event', language: 'Language' };
@@ -190,12 +191,25 @@ export function jobView(root, id) {
     if (release) { release(); release = null; }
   };
 
+  let hooksTimer = 0;
   const loadWebhooks = async () => {
-    replace(hooks, h('h2', { id: 'hooks-h' }, 'Webhook deliveries'));
-    if (!job.webhook_url) { hooks.append(h('p.note', {}, 'No webhook was set for this job.')); return; }
-    hooks.append(h('p', {}, 'To ', h('code', {}, job.webhook_url)));
+    hooksTimer = 0;
+    if (!job.webhook_url) {
+      replace(hooks, h('h2', { id: 'hooks-h' }, 'Webhook deliveries'), h('p.note', {}, 'No webhook was set for this job.'));
+      return;
+    }
+    let out;
     try {
-      const out = await api(`/v1/jobs/${id}/webhooks`);
+      out = await api(`/v1/jobs/${id}/webhooks`);
+    } catch (err) {
+      if (err.status !== 401) replace(hooks, h('h2', { id: 'hooks-h' }, 'Webhook deliveries'), h('p.form-error', {}, err.message));
+      return;
+    }
+    if (stopped) return;
+    // a delivery still pending is followed until it is delivered or given up
+    if (out.webhooks.some((d) => d.state === 'pending') && TERMINAL.has(job.state)) hooksTimer = setTimeout(loadWebhooks, HOOKS_POLL_MS);
+    replace(hooks, h('h2', { id: 'hooks-h' }, 'Webhook deliveries'), h('p', {}, 'To ', h('code', {}, job.webhook_url)));
+    {
       if (!out.webhooks.length) { hooks.append(h('p.note', {}, 'None yet: one is made when the job ends.')); return; }
       hooks.append(h('div.table-wrap', {}, h('table.hooks', {},
         h('thead', {}, h('tr', {}, ['Event', 'State', 'Try', 'At', 'Answer', 'Took'].map((t) => h('th', { scope: 'col' }, t)))),
@@ -204,8 +218,6 @@ export function jobView(root, id) {
           h('td', {}, t ? String(t.try) : '–'), h('td', {}, t ? when(t.at) : (d.next_attempt_at ? `due ${when(d.next_attempt_at)}` : '–')),
           h('td', {}, t ? (t.status_code ? `HTTP ${t.status_code}` : '') + (t.error ? ` ${t.error}` : '') : '–'),
           h('td', {}, t && t.duration_ms != null ? `${t.duration_ms} ms` : '–'))))))));
-    } catch (err) {
-      if (err.status !== 401) hooks.append(h('p.form-error', {}, err.message));
     }
   };
 
@@ -450,6 +462,7 @@ export function jobView(root, id) {
     dispose() {
       stopped = true;
       clearTimeout(timer);
+      clearTimeout(hooksTimer);
       stopAudio();
       for (const fn of cleanups) fn();
       document.title = 'asrq';

@@ -191,7 +191,7 @@ export function jobsPanel(params, setParams) {
 
   let loading = false;
   const load = async (reset) => {
-    if (loading) return;
+    if (loading || (!reset && !store.cursor)) return;
     loading = true;
     more.disabled = true;
     error.textContent = '';

@@ -131,6 +131,10 @@ function field(name, label, control, hint) {
   const err = h('p.field-error', { id: `err-${name}`, 'aria-live': 'polite' });
   const describedBy = [hint ? `hint-${name}` : null, `err-${name}`].filter(Boolean).join(' ');
   control.setAttribute('aria-describedby', describedBy);
+  // a message about what was sent goes once the person changes it
+  const fixed = () => { err.textContent = ''; control.removeAttribute('aria-invalid'); };
+  control.addEventListener('input', fixed);
+  control.addEventListener('change', fixed);
   return h(`div.field.f-${name}`, { dataset: { field: name } },
     h('label', { for: control.id }, label), control,
     hint ? h('p.hint', { id: `hint-${name}` }, hint) : null, err);
