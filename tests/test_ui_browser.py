@@ -26,6 +26,8 @@ CHROMIUM = "/usr/bin/chromium"
 # flags Chromium's background requests are refused and slow it down), and nothing downloaded
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+# read at import: the stack fixture clears ASRQ_* from this process's environment for its own settings
+SCREENSHOT = bool(os.environ.get("ASRQ_UI_SCREENSHOT"))
 LONG = 240_000  # ms: a job through the whole stack on 2 shared cores
 XSS = "<img src=x onerror=window.__xss=1>"
 
@@ -247,7 +249,7 @@ def test_upload_three_watch_them_finish_then_read_seek_search_and_download(sessi
     pg.evaluate("document.querySelector('#player').pause()")
     shot = tmp_path / "screenshot-job.png"
     pg.screenshot(path=str(shot))
-    if os.environ.get("ASRQ_UI_SCREENSHOT"):
+    if SCREENSHOT:
         (ROOT / "app" / "ui" / "screenshot-job.png").write_bytes(shot.read_bytes())
 
     # search
