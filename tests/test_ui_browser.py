@@ -7,6 +7,7 @@ ASRQ_UI_SCREENSHOT=1 also writes the job page's screenshot to app/ui/screenshot-
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import re
@@ -354,9 +355,13 @@ def test_html_in_filenames_and_links_shows_as_text_and_runs_nothing(session, sta
     s = session()
     pg = s.page
     s.sign_in()
-    # an upload whose name holds HTML: listed as those very characters
-    pg.set_input_files("#file-input", [{"name": f"{XSS}.wav", "mimeType": "audio/wav",
-                                        "buffer": (AUDIO / "en_sr_one_two_three.wav").read_bytes()}])
+    # an upload whose name holds HTML, dropped on the page: listed as those very characters
+    clip = base64.b64encode((AUDIO / "en_sr_one_two_three.wav").read_bytes()).decode()
+    dropped = pg.evaluate_handle("""([name, b64]) => {
+        const dt = new DataTransfer();
+        dt.items.add(new File([Uint8Array.from(atob(b64), (c) => c.charCodeAt(0))], name, {type: 'audio/wav'}));
+        return dt; }""", [f"{XSS}.wav", clip])
+    pg.dispatch_event("#dropzone", "drop", {"dataTransfer": dropped})
     _uploaded(pg, 1)
     expect(pg.locator("ul.uploads li .name")).to_have_text(f"{XSS}.wav")
 
@@ -498,8 +503,20 @@ def test_narrow_screen_keyboard_and_usage_chart(session, stack):
     with stack.client() as c:  # a finished job of its own, sent by the API client
         jid = c.submit_file(AUDIO / "en_jfk_ask_not_11s.flac")["id"]
         assert c.wait([jid], timeout_s=LONG / 1000)[jid]["state"] == "COMPLETED"
+    # SenseVoice's tags, where a segment has them (this engine gives none: added to the real transcript here)
+    def tagged(route) -> None:  # noqa: ANN001
+        doc = route.fetch().json()
+        doc["segments"][0].update(emotion="happy", event="laughter", language="en")
+        doc["segments"][-1].update(language="zh")
+        route.fulfill(json=doc)
+
+    pg.route(f"**/v1/jobs/{jid}/transcript?format=json", tagged)
     pg.goto(f"{stack.api_url}/ui/#/job/{jid}")
     expect(pg.locator("#transcript .w").first).to_be_visible()
+    first, last = pg.locator("#transcript .seg").first, pg.locator("#transcript .seg").last
+    expect(first.locator(".tag")).to_have_text(["Emotion: happy", "Event: laughter"])  # en is the job's language
+    expect(last.locator(".tag")).to_have_text(["Language: zh"])
+    expect(last.locator(".text")).to_have_attribute("lang", "zh")
     assert pg.evaluate(fits)
     # segment times are buttons: Enter on one seeks the player
     pg.evaluate(WATCH_SEEK)

@@ -153,6 +153,8 @@ export function jobView(root, id) {
     errorBox.hidden = !job.error || job.state === 'CANCELLED';
     if (!errorBox.hidden) replace(errorBox, h('h2', {}, 'This job failed'), h('p.errtext', {}, job.error));
     const running = !TERMINAL.has(job.state);
+    if (actions.dataset.running === String(running)) return; // the buttons (and a focus on one) stay as they are
+    actions.dataset.running = String(running);
     replace(actions,
       running ? h('button', { type: 'button', id: 'cancel-job', onclick: cancel }, 'Cancel job') : null,
       !running ? h('button.danger', { type: 'button', id: 'delete-job', onclick: del }, 'Delete') : null);
@@ -165,8 +167,10 @@ export function jobView(root, id) {
   const cancel = async () => {
     try {
       job = await api(`/v1/jobs/${id}`, { method: 'DELETE' });
-      announce('Job cancelled');
+      announce(`Job ${job.state.toLowerCase()}`); // CANCELLED, or how it ended if it ended first
+      clearTimeout(timer);
       showHeader();
+      settle();
     } catch (err) { if (err.status !== 401) live.textContent = err.message; }
   };
   const del = async () => {
@@ -177,6 +181,7 @@ export function jobView(root, id) {
       job = await api(`/v1/jobs/${id}`, { method: 'DELETE' });
       announce('Transcript and recording deleted');
       showHeader();
+      replace(actions); // nothing left to delete
       gone('The transcript and recording of this job were deleted.');
     } catch (err) { if (err.status !== 401) live.textContent = err.message; }
   };
@@ -422,7 +427,7 @@ export function jobView(root, id) {
 
   const poll = async () => {
     timer = 0;
-    if (stopped) return;
+    if (stopped || TERMINAL.has(job.state)) return;
     try {
       const out = await api('/v1/jobs/status', { method: 'POST', json: { ids: [id] } });
       const s = out.jobs[0];
@@ -430,7 +435,7 @@ export function jobView(root, id) {
         job = TERMINAL.has(s.state) ? await api(`/v1/jobs/${id}`) : { ...job, state: s.state, progress: s.progress };
         showHeader();
         if (TERMINAL.has(job.state)) { announce(`Job ${job.state.toLowerCase()}`); settle(); return; }
-      } else if (s) {
+      } else if (s && JSON.stringify(s.progress) !== JSON.stringify(job.progress)) {
         job = { ...job, progress: s.progress };
         showHeader();
       }
