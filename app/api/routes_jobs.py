@@ -14,7 +14,6 @@ from fastapi.responses import JSONResponse, RedirectResponse, Response
 from pydantic import BaseModel, ValidationError
 from starlette.datastructures import UploadFile
 
-from app import fair_share
 from app.api.auth import current_tenant
 from app.constants import TRANSCRIPT_FORMATS, source_key, transcript_key
 from app.db.models import JobState
@@ -23,13 +22,13 @@ from app.jobs import (
     JobFilter,
     NewJob,
     cancel_or_delete,
-    create_batch,
-    create_job,
     get_job,
     job_out,
     job_statuses,
     list_jobs,
     resolved_options,
+    submit_many,
+    submit_one,
 )
 from app.messaging import send_prepare, try_send
 from app.schemas import (
@@ -160,8 +159,7 @@ async def submit_job(
 
     def _create() -> tuple[JobOut, bool, list[int]]:
         with request.app.state.sessions() as s:
-            levels = fair_share.admit(s, tenant, [new.options.priority], settings)  # TooManyQueued: 429
-            job, created = create_job(s, tenant, new, settings, job_id)
+            job, created, levels = submit_one(s, tenant, new, settings, job_id)  # TooManyQueued: 429
             return job_out(job), created, levels
 
     try:
@@ -213,8 +211,7 @@ def submit_batch(request: Request, background: BackgroundTasks, tenant: str = De
             raise HTTPException(422, f"jobs[{n}]: {e}") from e
     batch_id = uuid.uuid4()
     with request.app.state.sessions() as s:
-        levels = fair_share.admit(s, tenant, [item.priority for item in body.jobs], settings)  # 429 when full
-        ids = create_batch(s, tenant, body.jobs, settings, batch_id)
+        ids, levels = submit_many(s, tenant, body.jobs, settings, batch_id)  # 429 when full
     # The rows are committed, so the jobs exist whatever happens next. Publishing 10,000 messages takes
     # seconds (about 0.8 ms each, measured): it runs after the response, and if this process dies
     # before it is done the reconciler sends what is missing.
