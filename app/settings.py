@@ -178,6 +178,9 @@ class Settings(BaseSettings):
     # tenant (on top of the shared entries). The service's own storage is refused even if listed.
     s3_source_allow: str = ""
     source_timeout_s: float = Field(30.0, gt=0)  # connect, and each read, of an https:// source download
+    # the API's lookups of https source and webhook hosts (SSRF checks): all the distinct hosts of one
+    # request together, side by side; a resolver slower than this answers 503 instead of holding a thread
+    dns_timeout_s: float = Field(5.0, gt=0)
     presign_expiry_s: int = 3600
     # each phase (connect, send, response headers) of the one POST a delivery try makes: a slow receiver
     # holds a maintenance worker for a few times this, not more
