@@ -93,6 +93,9 @@ class Settings(BaseSettings):
     # under ASRQ_MODELS_DIR, or a path), or "none". Engines that punctuate themselves (whisper) never get one
     punc_model: str = Field("none", min_length=1)
     device: str = "cpu"  # "cpu", "cuda" (the worker's pinned card is always cuda:0 of its own view)
+    # the models a worker process keeps loaded, in MiB in all (workers/engines/registry.py): the least
+    # recently used are unloaded to make room. Unset: a quarter of the host's memory, half the card's on CUDA
+    engine_cache_mb: float | None = Field(None, gt=0)
     fp16: bool = True  # on GPU only
     cpu_threads: int = Field(0, ge=0)  # threads the engine uses on CPU in all; 0: every core this process may use
     # chunks a CPU worker decodes at once, each on its own replica thread (weights shared); 0: one per

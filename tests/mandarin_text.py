@@ -5,8 +5,11 @@ everyday words that only contain a numeral (一起, 一般, 统一, 星期一), 
 from __future__ import annotations
 
 import random
+import re
 
 from workers.engines.base import Word
+
+_DIGITS = dict(zip("零一二三四五六七八九", "0123456789"))
 
 MANDARIN_SENTENCES = [
     "甚至出现交易几乎停滞的情况",
@@ -62,3 +65,9 @@ def mandarin_words(n_chars: int, seed: int = 0, step_s: float = 0.2) -> list[Wor
         size += len(parts[-1])
     text = "".join(parts)[:n_chars]
     return [Word(round(i * step_s, 3), round(i * step_s + 0.15, 3), c) for i, c in enumerate(text)]
+
+
+def numerals_as_digits(text: str) -> str:
+    """A stand-in for the ITN grammar, as cheap as a regex (the real one costs about 1 ms a character):
+    every run of numerals rewritten to digits, so an aligner has rewritten spans to find all along."""
+    return re.sub(r"[零〇一二三四五六七八九十百千万亿两]+", lambda m: "".join(_DIGITS.get(c, "0") for c in m[0]), text)

@@ -113,16 +113,14 @@ def test_only_clauses_with_a_numeral_go_through_the_grammar():
 
 
 def _stand_in_grammar(limit: int, seen: list[int]):  # noqa: ANN202
-    """A grammar as cheap as a regex (the real one costs about 1 ms a character, minutes for 10 hours),
-    rewriting every run of numerals to digits; it refuses, at once, a piece longer than ``limit``."""
-    import re
-
-    digits = dict(zip("零一二三四五六七八九", "0123456789"))
+    """tests/mandarin_text.numerals_as_digits in place of the grammar (which costs minutes for 10 hours); it
+    refuses, at once, a piece longer than ``limit``."""
+    from tests.mandarin_text import numerals_as_digits
 
     def rewrite(text: str) -> str:
         seen.append(len(text))
         assert len(text) <= limit, f"the grammar was given {len(text)} characters at once"
-        return re.sub(r"[零〇一二三四五六七八九十百千万亿两]+", lambda m: "".join(digits.get(c, "0") for c in m[0]), text)
+        return numerals_as_digits(text)
 
     return rewrite
 
@@ -134,7 +132,7 @@ def test_a_ten_hour_clause_is_aligned_in_bounded_pieces(monkeypatch):
     measures it), and every character still keeps its time."""
     import difflib
 
-    from tests.mandarin_text import mandarin_words
+    from tests.mandarin_text import mandarin_words, numerals_as_digits
     from workers import itn
 
     limit = 2000  # pieces are cut at about itn.MAX_PIECE_CHARS, 4 times that at most where numbers are dense
@@ -152,7 +150,7 @@ def test_a_ten_hour_clause_is_aligned_in_bounded_pieces(monkeypatch):
     out = normalize_words(words, char_level=True, normalize=_stand_in_grammar(limit, seen))
     text = "".join(w.word for w in words)
     assert len(seen) > 300 and max(seen) <= limit and max(aligned) <= limit
-    assert "".join(w.word for w in out) == _stand_in_grammar(len(text), [])(text)
+    assert "".join(w.word for w in out) == numerals_as_digits(text)
     # unchanged characters keep their own times; a rewritten span runs from its first source to its last
     by_start = {w.start_s: w for w in words}
     for w in out:
