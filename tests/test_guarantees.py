@@ -259,9 +259,22 @@ def test_pending_chunks_waiting_or_held_are_not_resent(live):
     assert reconcile_once().get("transcribe", 0) == 0
     live.redis.delete("transcribe")  # lost: nothing waits for them now
     # a transcribe worker that was handed them keeps them fresh while it works on the batch before them
-    with HeldChunks(waiting, lease_s=60, stale_s=0.4, max_hold_s=60):
+    held = HeldChunks(waiting, lease_s=60, stale_s=0.4, max_hold_s=60)
+    aged, beat_since = threading.Event(), threading.Event()
+    beat = held._beat_fn
+
+    def observed_beat() -> bool:
+        after = aged.is_set()  # begun after the ageing committed: its write is the later one
+        ok = beat()
+        if after:
+            beat_since.set()
+        return ok
+
+    held._beat_fn = observed_beat
+    with held:
         _age_everything()
-        time.sleep(0.5)
+        aged.set()
+        assert beat_since.wait(30), "the heartbeat never beat"  # an event, not a sleep the beat may miss
         assert reconcile_once().get("transcribe", 0) == 0
     _age_everything()  # that worker died: its heartbeat stopped
     assert reconcile_once()["transcribe"] == 3
