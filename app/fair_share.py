@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 
 from cachetools import TTLCache
-from sqlalchemy import func, select
+from sqlalchemy import delete, false, func, select
 from sqlalchemy.orm import Session
 
 from app.constants import PRIORITY_STEPS  # noqa: F401 - the levels this module hands out
@@ -105,9 +105,28 @@ def read_standings(session: Session, tenants: Iterable[str], settings: Settings)
             for t in tenants}
 
 
+#: the first key of the Postgres advisory locks that admissions take ('asrq'); the second is the tenant's hash
+ADMISSION_LOCK = 0x61737271
+
+
+def lock_admission(session: Session, tenant: str) -> None:
+    """Until this transaction ends, other admissions of ``tenant`` wait: the count that admits a submission
+    and the insert that stores it are then one step, so two submissions cannot both take the last places
+    under the cap. Postgres: a transaction-scoped advisory lock on the tenant (other tenants never wait;
+    taking it again in the same transaction is free). SQLite, which has one writer at a time anyway: its
+    write lock, taken now instead of at the insert."""
+    if session.get_bind().dialect.name == "postgresql":
+        session.execute(select(func.pg_advisory_xact_lock(ADMISSION_LOCK, func.hashtext(tenant))))
+    else:
+        session.execute(delete(TenantShare).where(false()))  # a write that changes nothing: the lock alone
+
+
 def admit(session: Session, tenant: str, priorities: Sequence[str | None], settings: Settings) -> list[int]:
-    """Before a submission is stored: refuse it (TooManyQueued) when it would take the tenant past its
-    cap of unfinished jobs; else the broker level of each new job, in order."""
+    """Before a submission is stored, in the transaction that stores it: refuse it (TooManyQueued) when it
+    would take the tenant past its cap of unfinished jobs; else the broker level of each new job, in
+    order. Takes the tenant's admission lock (``lock_admission``) first: the caller's insert, committed in
+    this same transaction, releases it."""
+    lock_admission(session, tenant)
     standing = read_standings(session, [tenant], settings)[tenant]
     cap = settings.max_queued_jobs_per_tenant
     if cap and standing.jobs_in_flight + len(priorities) > cap:

@@ -20,7 +20,7 @@ from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from app import metrics
+from app import fair_share, metrics
 from app.catalog.hotwords import merge as merge_hotwords
 from app.catalog.models import BUNDLED_PREFIX, installed_models, missing_model_reason, model_location
 from app.catalog.plugins import engines, unknown_engine_reason
@@ -126,6 +126,29 @@ def _row(new: NewJob, tenant: str, settings: Settings, job_id: uuid.UUID | None 
         "created_at": now,
         "updated_at": now,
     }
+
+
+def submit_one(session: Session, tenant: str, new: NewJob, settings: Settings,
+               job_id: uuid.UUID | None = None) -> tuple[Job, bool, list[int]]:
+    """One job as the API submits it: (job, created, its broker level). Under the tenant's admission lock
+    (fair_share.lock_admission): a replay of an Idempotency-Key gets the job that key made, even when the
+    tenant is at its cap (it adds nothing), then the cap (TooManyQueued), then the insert, committed."""
+    fair_share.lock_admission(session, tenant)
+    if new.idempotency_key:
+        existing = _by_idempotency_key(session, tenant, new.idempotency_key)
+        if existing is not None:
+            return _replay(existing, _row(new, tenant, settings, job_id)), False, []
+    levels = fair_share.admit(session, tenant, [new.options.priority], settings)
+    job, created = create_job(session, tenant, new, settings, job_id)
+    return job, created, levels if created else []
+
+
+def submit_many(session: Session, tenant: str, items: list[JobCreate], settings: Settings,
+                 batch_id: uuid.UUID) -> tuple[list[uuid.UUID], list[int]]:
+    """A batch as the API submits it: admitted against the tenant's cap and inserted under its admission
+    lock, in one transaction (all or none). Returns (job ids, their broker levels)."""
+    levels = fair_share.admit(session, tenant, [item.priority for item in items], settings)  # TooManyQueued
+    return create_batch(session, tenant, items, settings, batch_id), levels
 
 
 def create_job(session: Session, tenant: str, new: NewJob, settings: Settings,
@@ -300,15 +323,17 @@ def cancel_or_delete(session: Session, store: ObjectStore, tenant: str, job_id: 
     job = get_job(session, tenant, job_id)
     if job.state not in TERMINAL_JOB_STATES:
         cancel_job(session, job_id)
-    store.delete_prefix(job_prefix(job_id))
-    # the job is finished now (cancelled here or by its own end): nothing writes its chunks any more
+    store.delete_prefix(job_prefix(job_id))  # ObjectsNotDeleted (503): the job stays as it is
+    # the job is finished now (cancelled here or by its own end): nothing writes its chunks any more. The
+    # job row first, then its chunks: the lock order every transition follows (lifecycle.lock_jobs), so
+    # this cannot deadlock with the retention sweep or a worker closing a chunk of this job
     now = utcnow()
-    session.execute(update(Chunk).where(Chunk.job_id == job_id).values(text=None, words=None)
-                    .execution_options(synchronize_session=False))
     session.execute(update(Job).where(Job.id == job_id, Job.state.in_(list(TERMINAL_JOB_STATES)))
                     .values(deleted_at=func.coalesce(Job.deleted_at, now),
                             audio_deleted_at=func.coalesce(Job.audio_deleted_at, now),
                             source_deleted_at=func.coalesce(Job.source_deleted_at, now))
+                    .execution_options(synchronize_session=False))
+    session.execute(update(Chunk).where(Chunk.job_id == job_id).values(text=None, words=None)
                     .execution_options(synchronize_session=False))
     session.commit()
     session.refresh(job)

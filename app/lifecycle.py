@@ -61,19 +61,23 @@ def log_state(job: Job | uuid.UUID, state: JobState, **extra: object) -> None:
 
 
 def begin_prepare(session: Session, job_id: uuid.UUID, max_attempts: int, lease_s: float,
-                  resume_attempt: int | None = None) -> Job | None:
-    """QUEUED -> PREPARING with one more attempt and a lease; None when the job needs no preparing.
+                  resume_fence: int | None = None) -> Job | None:
+    """QUEUED -> PREPARING with one more attempt, a lease and a new fencing token (``Job.prepare_fence``,
+    which every later write of this holder must match); None when the job needs no preparing.
 
     A job already PREPARING is taken over only when its holder's lease ran out (the holder died: its
     heartbeat stopped). A duplicate message meets a live lease and does nothing, so there is never a
     second prepare beside a live one, and a prepare that died is always taken over, charging an attempt.
-    ``resume_attempt``: the retry of a prepare that stopped on a transient error and could not give its
-    attempt back continues that attempt, if nobody took the job over since.
+    ``resume_fence``: the retry of a prepare that stopped on a transient error and could not give its
+    attempt back (the database was what failed) continues that attempt, uncharged, if the job is still
+    that prepare's: its token is still the job's. Only the holder that stopped sends that retry, so its
+    live lease is its own; the resumed prepare gets a new token all the same, so a duplicate of the retry
+    message finds the token moved on and a live lease, and does nothing.
     """
     job_id = uuid.UUID(str(job_id))
     now = utcnow()
-    resumable = ((Job.state == JobState.PREPARING) & (Job.prepare_attempts == resume_attempt)
-                 if resume_attempt is not None else false())
+    resumable = ((Job.state == JobState.PREPARING) & (Job.prepare_fence == resume_fence)
+                 if resume_fence is not None else false())
     # RETURNING: the take-over and the row it hands back are one round trip
     job = session.scalars(
         update(Job)
@@ -83,6 +87,7 @@ def begin_prepare(session: Session, job_id: uuid.UUID, max_attempts: int, lease_
                | resumable)
         .values(state=JobState.PREPARING,
                 prepare_attempts=case((resumable, Job.prepare_attempts), else_=Job.prepare_attempts + 1),
+                prepare_fence=Job.prepare_fence + 1,
                 lease_until=now + timedelta(seconds=lease_s),
                 started_at=func.coalesce(Job.started_at, now), updated_at=now)
         .returning(Job),
@@ -95,32 +100,42 @@ def begin_prepare(session: Session, job_id: uuid.UUID, max_attempts: int, lease_
     if job.prepare_attempts > max_attempts:
         fail_job(session, job_id, f"preparing the audio failed {max_attempts} times; last attempt did not finish")
         return None
-    log_state(job, JobState.PREPARING, attempt=job.prepare_attempts)
+    log_state(job, JobState.PREPARING, attempt=job.prepare_attempts, fence=job.prepare_fence)
     return job
 
 
-def renew_job_lease(session: Session, job_id: uuid.UUID, state: JobState, attempt: int, lease_s: float) -> bool:
-    """The holder's heartbeat: extend the lease if this holder (state + attempt) still has the job.
+def _fence(state: JobState):  # noqa: ANN202
+    return Job.prepare_fence if state == JobState.PREPARING else Job.finalize_fence
+
+
+def renew_job_lease(session: Session, job_id: uuid.UUID, state: JobState, fence: int, lease_s: float) -> bool:
+    """The holder's heartbeat: extend the lease if this holder (state + fencing token) still has the job.
     False means the job was cancelled, failed or taken over: the holder should stop."""
-    attempts = Job.prepare_attempts if state == JobState.PREPARING else Job.finalize_attempts
     res = session.execute(
-        update(Job).where(Job.id == job_id, Job.state == state, attempts == attempt)
+        update(Job).where(Job.id == job_id, Job.state == state, _fence(state) == fence)
         .values(lease_until=utcnow() + timedelta(seconds=lease_s))
     )
     session.commit()
     return bool(res.rowcount)
 
 
-def requeue_prepare(session: Session, job_id: uuid.UUID) -> None:
-    """PREPARING -> QUEUED after a transient failure, so the retried message may take it again.
+def _given_back(attempts):  # noqa: ANN001, ANN202
+    return case((attempts > 0, attempts - 1), else_=0)
+
+
+def requeue_prepare(session: Session, job_id: uuid.UUID, fence: int) -> bool:
+    """PREPARING -> QUEUED after a transient failure, so the retried message may take it again; False when
+    this holder (``fence``) no longer has the job (taken over, cancelled): then it changes nothing.
 
     The attempt is given back: attempts count prepares that never finished (a dead worker, a poison
     file), and this one finished with an error a retry can clear. The message's own retry count
-    bounds transient retries (tasks/policy.py)."""
-    session.execute(update(Job).where(Job.id == job_id, Job.state == JobState.PREPARING)
-                    .values(state=JobState.QUEUED, updated_at=utcnow(), lease_until=None,
-                            prepare_attempts=case((Job.prepare_attempts > 0, Job.prepare_attempts - 1), else_=0)))
+    bounds transient retries (tasks/policy.py). The token is not: the next holder gets a new one."""
+    res = session.execute(update(Job).where(Job.id == job_id, Job.state == JobState.PREPARING,
+                                            Job.prepare_fence == fence)
+                          .values(state=JobState.QUEUED, updated_at=utcnow(), lease_until=None,
+                                  prepare_attempts=_given_back(Job.prepare_attempts)))
     session.commit()
+    return bool(res.rowcount)
 
 
 class PlannedChunk(Protocol):
@@ -131,18 +146,18 @@ class PlannedChunk(Protocol):
     end_ms: int
 
 
-def save_plan(session: Session, job_id: uuid.UUID, attempt: int, plans: Sequence[PlannedChunk],
+def save_plan(session: Session, job_id: uuid.UUID, fence: int, plans: Sequence[PlannedChunk],
               duration_s: float) -> list[uuid.UUID]:
     """Write the chunk rows and move PREPARING -> TRANSCRIBING (or FINALIZING when there is no speech).
 
-    Fenced by the prepare attempt: a prepare whose lease ran out and was taken over stores nothing."""
+    Fenced by the prepare's token: a prepare whose lease ran out and was taken over stores nothing."""
     now = utcnow()
     state = JobState.TRANSCRIBING if plans else JobState.FINALIZING
     # the fence and the move in one statement: the row lock it takes holds off a cancel or a take-over
     # until the plan below is committed with it
     job = session.scalars(
         update(Job)
-        .where(Job.id == job_id, Job.state == JobState.PREPARING, Job.prepare_attempts == attempt)
+        .where(Job.id == job_id, Job.state == JobState.PREPARING, Job.prepare_fence == fence)
         .values(state=state, lease_until=None, duration_s=duration_s, chunks_total=len(plans), chunks_done=0,
                 transcribing_at=now, updated_at=now)
         .returning(Job),
@@ -535,32 +550,34 @@ def fail_job(session: Session, job_id: uuid.UUID, reason: str) -> bool:
 
 
 def begin_finalize(session: Session, job_id: uuid.UUID, max_attempts: int, lease_s: float) -> int | None:
-    """Take the lease of a FINALIZING job; returns the attempt number, None when there is nothing to do
-    (finished meanwhile, or a live finalize holds it). Finalizes that never finished are bounded."""
+    """Take the lease of a FINALIZING job; returns the holder's fencing token (``Job.finalize_fence``: 1 for
+    the job's first finalize, one more for each take-over since, never repeated), None when there is
+    nothing to do (finished meanwhile, or a live finalize holds it). Finalizes that never finished (the
+    attempts: a transient failure gives its attempt back) are bounded."""
     now = utcnow()
-    res = session.execute(
+    row = session.execute(
         update(Job)
         .where(Job.id == job_id, Job.state == JobState.FINALIZING,
                (Job.lease_until < now) | Job.lease_until.is_(None))
-        .values(finalize_attempts=Job.finalize_attempts + 1, lease_until=now + timedelta(seconds=lease_s),
-                updated_at=now)
-        .returning(Job.finalize_attempts)
-    )
-    attempt = res.scalar()
+        .values(finalize_attempts=Job.finalize_attempts + 1, finalize_fence=Job.finalize_fence + 1,
+                lease_until=now + timedelta(seconds=lease_s), updated_at=now)
+        .returning(Job.finalize_attempts, Job.finalize_fence)
+    ).first()
     session.commit()
-    if attempt is None:
+    if row is None:
         return None
-    if attempt > max_attempts:
+    attempts, fence = row
+    if attempts > max_attempts:
         fail_job(session, job_id, f"finalizing the transcript failed {max_attempts} times; "
                                   "last attempt did not finish")
         return None
-    return attempt
+    return fence
 
 
 def begin_finalize_more(session: Session, exclude: uuid.UUID, limit: int, lease_s: float) -> list[tuple[uuid.UUID, int]]:
     """Take the leases of up to ``limit`` other FINALIZING jobs that are punctuated, were never taken
     (first attempt) and are held by nobody, oldest first, skipping rows another worker is locking: a
-    finalize punctuates them with its own job in one model call. Returns (job id, attempt) pairs."""
+    finalize punctuates them with its own job in one model call. Returns (job id, fencing token) pairs."""
     now = utcnow()
     waiting = (select(Job.id)
                .where(Job.state == JobState.FINALIZING, Job.finalize_attempts == 0, Job.lease_until.is_(None),
@@ -570,26 +587,31 @@ def begin_finalize_more(session: Session, exclude: uuid.UUID, limit: int, lease_
         update(Job)
         .where(Job.id.in_(waiting.scalar_subquery()), Job.state == JobState.FINALIZING,
                Job.finalize_attempts == 0, Job.lease_until.is_(None))
-        .values(finalize_attempts=1, lease_until=now + timedelta(seconds=lease_s), updated_at=now)
-        .returning(Job.id)
-    ).scalars().all()
+        .values(finalize_attempts=1, finalize_fence=Job.finalize_fence + 1,
+                lease_until=now + timedelta(seconds=lease_s), updated_at=now)
+        .returning(Job.id, Job.finalize_fence)
+    ).all()
     session.commit()
-    return [(jid, 1) for jid in taken]
+    return [(jid, fence) for jid, fence in taken]
 
 
-def requeue_finalize(session: Session, job_id: uuid.UUID) -> None:
-    """A finalize that met a transient error gives its lease and attempt back, so its retry may run."""
-    session.execute(update(Job).where(Job.id == job_id, Job.state == JobState.FINALIZING)
-                    .values(lease_until=None,
-                            finalize_attempts=case((Job.finalize_attempts > 0, Job.finalize_attempts - 1), else_=0)))
+def requeue_finalize(session: Session, job_id: uuid.UUID, fence: int | None = None) -> bool:
+    """A finalize that met a transient error gives its lease and attempt back, so its retry may run; with
+    ``fence`` (the holder's token) only while that holder still has the job. False: nothing changed.
+    The token is not given back: whoever takes the job next gets a new one."""
+    fenced = [Job.finalize_fence == fence] if fence is not None else []
+    res = session.execute(update(Job).where(Job.id == job_id, Job.state == JobState.FINALIZING, *fenced)
+                          .values(lease_until=None, finalize_attempts=_given_back(Job.finalize_attempts)))
     session.commit()
+    return bool(res.rowcount)
 
 
-def complete_job(session: Session, job_id: uuid.UUID, language: str | None, attempt: int | None = None,
+def complete_job(session: Session, job_id: uuid.UUID, language: str | None, fence: int | None = None,
                  audio_deleted: bool = False) -> bool:
-    """FINALIZING -> COMPLETED. ``audio_deleted``: the caller removed the decoded audio already (recorded
-    in the same update, so a client that sees COMPLETED sees the retention state that goes with it)."""
-    fenced = [Job.finalize_attempts == attempt] if attempt is not None else []
+    """FINALIZING -> COMPLETED, fenced by the finalize's token when given. ``audio_deleted``: the caller
+    removed the decoded audio already (recorded in the same update, so a client that sees COMPLETED sees
+    the retention state that goes with it)."""
+    fenced = [Job.finalize_fence == fence] if fence is not None else []
     now = utcnow()
     res = session.execute(
         update(Job)

@@ -93,6 +93,9 @@ class Settings(BaseSettings):
     # under ASRQ_MODELS_DIR, or a path), or "none". Engines that punctuate themselves (whisper) never get one
     punc_model: str = Field("none", min_length=1)
     device: str = "cpu"  # "cpu", "cuda" (the worker's pinned card is always cuda:0 of its own view)
+    # the models a worker process keeps loaded, in MiB in all (workers/engines/registry.py): the least
+    # recently used are unloaded to make room. Unset: a quarter of the host's memory, half the card's on CUDA
+    engine_cache_mb: float | None = Field(None, gt=0)
     fp16: bool = True  # on GPU only
     cpu_threads: int = Field(0, ge=0)  # threads the engine uses on CPU in all; 0: every core this process may use
     # chunks a CPU worker decodes at once, each on its own replica thread (weights shared); 0: one per
@@ -178,6 +181,9 @@ class Settings(BaseSettings):
     # tenant (on top of the shared entries). The service's own storage is refused even if listed.
     s3_source_allow: str = ""
     source_timeout_s: float = Field(30.0, gt=0)  # connect, and each read, of an https:// source download
+    # the API's lookups of https source and webhook hosts (SSRF checks): all the distinct hosts of one
+    # request together, side by side; a resolver slower than this answers 503 instead of holding a thread
+    dns_timeout_s: float = Field(5.0, gt=0)
     presign_expiry_s: int = 3600
     # each phase (connect, send, response headers) of the one POST a delivery try makes: a slow receiver
     # holds a maintenance worker for a few times this, not more

@@ -6,7 +6,10 @@ from __future__ import annotations
 import ipaddress
 import re
 import socket
+import threading
 import unicodedata
+from collections.abc import Callable, Iterable
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from pathlib import Path, PurePosixPath
 from urllib.parse import unquote, urlparse
 
@@ -16,6 +19,9 @@ from app.settings import S3_BUCKET_NAME, Settings
 UPLOAD_SCHEME = "upload"
 ALLOWED_SCHEMES = ("s3", "https", "http", "file")
 _UNSAFE_NAME = re.compile(r"[^\w.\- ]+", re.UNICODE)
+
+#: (host, port) -> every address it resolves to; BadSource if it does not exist, TransientError if DNS is down
+Lookup = Callable[[str, int], list[str]]
 
 
 def safe_filename(name: str | None, fallback: str = "audio") -> str:
@@ -37,9 +43,25 @@ def _parse(uri: str, what: str):  # noqa: ANN202
     return parsed, port
 
 
-def validate_source_uri(uri: str, settings: Settings, tenant: str | None = None) -> str:
+def lookup_target(url: str, settings: Settings) -> tuple[str, int] | None:
+    """The (host, port) whose addresses checking this http(s) source or webhook URL looks up; None when
+    it needs no lookup (another scheme, private targets allowed) or is malformed (its check says so)."""
+    if settings.allow_private_sources:
+        return None
+    try:
+        parsed, port = _parse(url, "url")
+    except BadSource:
+        return None
+    scheme = parsed.scheme.lower()
+    if scheme not in ("http", "https") or not parsed.hostname:
+        return None
+    return parsed.hostname, port or (443 if scheme == "https" else 80)
+
+
+def validate_source_uri(uri: str, settings: Settings, tenant: str | None = None, lookup: Lookup | None = None) -> str:
     """Check a client-given source URI for ``tenant`` (None: only what every tenant may read); raise
-    BadSource with a reason a client can act on."""
+    BadSource with a reason a client can act on. ``lookup``: how its host is resolved (``resolve_all``
+    for the API; default getaddrinfo, as a worker does)."""
     parsed, port = _parse(uri, "source_uri")
     scheme = parsed.scheme.lower()
     if scheme not in ALLOWED_SCHEMES:
@@ -51,13 +73,13 @@ def validate_source_uri(uri: str, settings: Settings, tenant: str | None = None)
             raise BadSource("plain http:// sources are refused; use https://")
         if not parsed.hostname:
             raise BadSource("source_uri has no host")
-        check_public_host(parsed.hostname, port or (443 if scheme == "https" else 80), settings)
+        check_public_host(parsed.hostname, port or (443 if scheme == "https" else 80), settings, lookup)
     elif scheme == "file":
         check_file_source(uri, settings)
     return uri
 
 
-def validate_webhook_url(url: str, settings: Settings, resolve: bool = True) -> str:
+def validate_webhook_url(url: str, settings: Settings, resolve: bool = True, lookup: Lookup | None = None) -> str:
     """https:// only (http:// too where private targets are allowed), to a public host. ``resolve=False``
     leaves the address check to the connection, which resolves once and connects to what it checked."""
     parsed, port = _parse(url, "webhook_url")
@@ -67,7 +89,7 @@ def validate_webhook_url(url: str, settings: Settings, resolve: bool = True) -> 
     if not parsed.hostname:
         raise BadSource("webhook_url has no host")
     if resolve:
-        check_public_host(parsed.hostname, port or (443 if scheme == "https" else 80), settings)
+        check_public_host(parsed.hostname, port or (443 if scheme == "https" else 80), settings, lookup)
     return url
 
 
@@ -127,9 +149,8 @@ def check_file_source(uri: str, settings: Settings) -> Path:
     return path
 
 
-def resolve_checked(host: str, port: int, settings: Settings) -> list[str]:
-    """Every address ``host`` resolves to, each one checked (unless private targets are allowed). Connect
-    only to these: a second lookup could answer differently (DNS rebinding)."""
+def lookup_addresses(host: str, port: int) -> list[str]:
+    """Every address ``host`` resolves to (getaddrinfo: it may block for as long as the resolver takes)."""
     try:
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
     except socket.gaierror as e:
@@ -138,7 +159,48 @@ def resolve_checked(host: str, port: int, settings: Settings) -> list[str]:
         raise BadSource(f"cannot resolve host {host!r}") from e
     except UnicodeError as e:  # a name IDNA cannot encode (empty/long label)
         raise BadSource(f"cannot resolve host {host!r}") from e
-    addresses = list(dict.fromkeys(info[4][0].split("%")[0] for info in infos))
+    return list(dict.fromkeys(info[4][0].split("%")[0] for info in infos))
+
+
+#: the API's lookups run on these threads, shared by every request: a resolver that hangs holds them, never
+#: the threads that answer requests, and a request waits for its lookups at most ASRQ_DNS_TIMEOUT_S
+DNS_THREADS = 32
+_dns_pool: ThreadPoolExecutor | None = None
+_dns_pool_lock = threading.Lock()
+
+
+def _dns() -> ThreadPoolExecutor:
+    global _dns_pool
+    with _dns_pool_lock:
+        if _dns_pool is None:
+            _dns_pool = ThreadPoolExecutor(DNS_THREADS, thread_name_prefix="asrq-dns")
+        return _dns_pool
+
+
+def resolve_all(hosts: Iterable[tuple[str, int]], timeout_s: float) -> Lookup:
+    """Look up each distinct (host, port) once, side by side, and wait for all of them at most ``timeout_s``
+    in all. Returns the Lookup that answers from those results: a host that did not resolve in time
+    answers TransientError (503: the client retries), like a resolver that is down."""
+    futures: dict[tuple[str, int], Future] = {h: _dns().submit(lookup_addresses, *h) for h in dict.fromkeys(hosts)}
+    _done, late = wait(futures.values(), timeout=timeout_s)
+    for f in late:
+        f.cancel()  # not started yet: it never will; one under way finishes on its pool thread
+
+    def lookup(host: str, port: int) -> list[str]:
+        f = futures.get((host, port))
+        if f is None:  # not one of the hosts given: looked up on its own, with the same bound
+            return resolve_all([(host, port)], timeout_s)(host, port)
+        if not f.done() or f.cancelled():
+            raise TransientError(f"cannot resolve host {host!r} now (no DNS answer within {timeout_s:g} s)")
+        return f.result()
+
+    return lookup
+
+
+def resolve_checked(host: str, port: int, settings: Settings, lookup: Lookup | None = None) -> list[str]:
+    """Every address ``host`` resolves to, each one checked (unless private targets are allowed). Connect
+    only to these: a second lookup could answer differently (DNS rebinding)."""
+    addresses = (lookup or lookup_addresses)(host, port)
     if not settings.allow_private_sources:
         for address in addresses:
             ip = ipaddress.ip_address(address)
@@ -149,11 +211,11 @@ def resolve_checked(host: str, port: int, settings: Settings) -> list[str]:
     return addresses
 
 
-def check_public_host(host: str, port: int, settings: Settings) -> None:
+def check_public_host(host: str, port: int, settings: Settings, lookup: Lookup | None = None) -> None:
     """Refuse hosts that resolve to loopback, private, link-local or reserved addresses (SSRF)."""
     if settings.allow_private_sources:
         return
-    resolve_checked(host, port, settings)
+    resolve_checked(host, port, settings, lookup)
 
 
 def filename_from_uri(uri: str) -> str:

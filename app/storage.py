@@ -36,6 +36,17 @@ class ObjectNotFound(PermanentError):
     pass
 
 
+class ObjectsNotDeleted(TransientError):
+    """Storage answered a deletion but kept some objects (S3 DeleteObjects reports them per key, with HTTP
+    200: an object lock or legal hold, a bucket policy, an internal error). Whatever named them must stay
+    until a later try removes them."""
+
+    def __init__(self, prefix: str, kept: list[tuple[str, str]]) -> None:
+        self.prefix, self.kept = prefix, kept
+        codes = sorted({code for _, code in kept})
+        super().__init__(f"storage kept {len(kept)} object(s) under {prefix!r}: {', '.join(codes)}")
+
+
 class ObjectStore(ABC):
     @abstractmethod
     def put_file(self, key: str, path: Path, content_type: str | None = None) -> None: ...
@@ -122,10 +133,18 @@ class LocalStore(ObjectStore):
         target = self._path(prefix.rstrip("/"))
         if target.is_dir():
             n = sum(1 for p in target.rglob("*") if p.is_file())
-            shutil.rmtree(target, ignore_errors=True)
+            kept: list[tuple[str, str]] = []
+
+            def keep(_fn, path: str, exc: tuple) -> None:  # noqa: ANN001
+                if not isinstance(exc[1], FileNotFoundError):  # gone already: what a deletion wants
+                    kept.append((path, type(exc[1]).__name__))
+
+            shutil.rmtree(target, onerror=keep)
+            if kept:
+                raise ObjectsNotDeleted(prefix, kept)
             return n
         if target.is_file():
-            target.unlink()
+            target.unlink(missing_ok=True)
             return 1
         return 0
 
@@ -211,13 +230,20 @@ class S3Store(ObjectStore):
         return int(self._call(self.client.head_object, Bucket=self.bucket, Key=self._key(key))["ContentLength"])
 
     def delete_prefix(self, prefix: str) -> int:
+        """Delete every object under ``prefix``; ObjectsNotDeleted if storage kept any of them (DeleteObjects
+        answers 200 and lists those it did not delete under Errors), once every page was tried."""
         n = 0
+        kept: list[tuple[str, str]] = []
         paginator = self.client.get_paginator("list_objects_v2")
         for page in self._call(lambda: list(paginator.paginate(Bucket=self.bucket, Prefix=self._key(prefix)))):
             keys = [{"Key": o["Key"]} for o in page.get("Contents", [])]
             if keys:
-                self._call(self.client.delete_objects, Bucket=self.bucket, Delete={"Objects": keys})
-                n += len(keys)
+                resp = self._call(self.client.delete_objects, Bucket=self.bucket, Delete={"Objects": keys})
+                errors = resp.get("Errors") or []
+                kept += [(e.get("Key", "?"), e.get("Code", "unknown")) for e in errors]
+                n += len(keys) - len(errors)
+        if kept:
+            raise ObjectsNotDeleted(prefix, kept)
         return n
 
     def delete(self, key: str) -> None:

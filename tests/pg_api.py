@@ -143,7 +143,7 @@ def prepare(job_id: str, chunks_s: list[float], at: datetime | None = None) -> l
         for i, d in enumerate(chunks_s):
             plans.append(ChunkPlan(i, t, t + int(d * 1000)))
             t += int(d * 1000)
-        ids = save_plan(s, jid, job.prepare_attempts, plans, t / 1000)
+        ids = save_plan(s, jid, job.prepare_fence, plans, t / 1000)
     return ids
 
 
@@ -162,7 +162,7 @@ def run_batch(chunk_ids: list, infer_s: float, at: datetime | None = None) -> li
 def complete(job_id, at: datetime | None = None) -> None:  # noqa: ANN001
     jid = uuid.UUID(str(job_id))
     with session_scope() as s:
-        attempt = begin_finalize(s, jid, 3, 60)
-        assert complete_job(s, jid, "en", attempt)
+        fence = begin_finalize(s, jid, 3, 60)
+        assert complete_job(s, jid, "en", fence)
         if at is not None:
             s.execute(update(Job).where(Job.id == jid).values(finished_at=at))

@@ -4,7 +4,6 @@ for the card, on real Postgres and SQLite; the CUDA sizing path on CPU with the 
 from __future__ import annotations
 
 import threading
-import time
 import uuid
 from contextlib import contextmanager
 
@@ -137,25 +136,32 @@ def test_claim_with_known_options_is_one_statement_and_the_same_work(session):
 
 
 class _SlowStore:
-    def __init__(self, delay_s: float, fail: set[str] = frozenset()) -> None:
-        self.delay_s, self.fail = delay_s, fail
+    """A store whose calls meet: each waits until ``together`` calls are under way at once (an event, not a
+    clock), so ``most`` says whether they ran side by side whatever the machine's load. Calls made one
+    after another would each wait alone; after the first has waited 5 s, none waits any more."""
+
+    def __init__(self, together: int, fail: set[str] = frozenset()) -> None:
+        self.together, self.fail = together, fail
         self.active = self.most = 0
+        self.alone = False
         self.puts: dict[str, bytes] = {}
-        self._lock = threading.Lock()
+        self._met = threading.Condition()
 
     def _enter(self) -> None:
-        with self._lock:
+        with self._met:
             self.active += 1
             self.most = max(self.most, self.active)
+            self._met.notify_all()
+            if not self._met.wait_for(lambda: self.most >= self.together or self.alone, timeout=5):
+                self.alone = True
 
     def _leave(self) -> None:
-        with self._lock:
+        with self._met:
             self.active -= 1
 
     def get_range(self, key: str, start: int, end: int) -> bytes:
         self._enter()
         try:
-            time.sleep(self.delay_s)
             if key in self.fail:
                 raise OSError(f"cannot read {key}")
             return np.full((end - start) // 2, 1000, dtype=np.int16).tobytes()
@@ -165,7 +171,6 @@ class _SlowStore:
     def put_bytes(self, key: str, data: bytes, content_type: str | None = None) -> None:
         self._enter()
         try:
-            time.sleep(self.delay_s)
             if key in self.fail:
                 raise OSError(f"cannot write {key}")
             self.puts[key] = data
@@ -184,12 +189,10 @@ def test_a_batch_is_read_concurrently_and_failures_stay_per_chunk(monkeypatch):
     from workers.tasks import transcribe
 
     work = _work(12)
-    store = _SlowStore(0.1, fail={pcm_key(work[5].job_id)})
+    store = _SlowStore(4, fail={pcm_key(work[5].job_id)})
     monkeypatch.setattr(transcribe, "get_store", lambda: store)
-    t0 = time.monotonic()
     audios = transcribe._read_all(work)
-    took = time.monotonic() - t0
-    assert store.most > 1 and took < 12 * 0.1 / 2, (store.most, took)
+    assert store.most >= 4 and not store.alone, store.most  # four reads under way at once
     assert isinstance(audios[5], OSError)
     for i, (w, a) in enumerate(zip(work, audios)):
         if i != 5:
@@ -199,13 +202,12 @@ def test_a_batch_is_read_concurrently_and_failures_stay_per_chunk(monkeypatch):
 def test_finalize_writes_its_formats_concurrently_and_raises_after_all_finished(monkeypatch):
     from workers.tasks import finalize
 
-    store = _SlowStore(0.1, fail={"b"})
+    store = _SlowStore(4, fail={"b"})
     monkeypatch.setattr(finalize, "get_store", lambda: store)
     objs = [(k, k.encode(), "text/plain") for k in ("a", "b", "c", "d")]
-    t0 = time.monotonic()
     with pytest.raises(OSError, match="cannot write b"):
         finalize.put_all(objs)
-    assert time.monotonic() - t0 < 0.35 and store.most > 1
+    assert store.most == 4 and not store.alone  # the four formats' PUTs under way at once
     assert set(store.puts) == {"a", "c", "d"} and store.active == 0  # nothing left running
     store.fail = set()
     finalize.put_all(objs)
@@ -324,16 +326,25 @@ def test_probe_audio_is_deterministic_speech_like():
 
 
 def test_lowest_free_while_sees_the_dip():
+    """The dip lasts until the sampler has read it (an event: however late the sampling thread runs, the
+    call does not end before it looked), then the level comes back up."""
     from workers.engines.gpu_memory import lowest_free_while
 
     level = [100]
+    seen_low = threading.Event()
+
+    def read() -> int:
+        value = level[0]
+        if value == 40:
+            seen_low.set()
+        return value
 
     def run() -> None:
         level[0] = 40
-        time.sleep(0.05)
+        assert seen_low.wait(30), "the sampler never read the level during the call"
         level[0] = 90
 
-    assert lowest_free_while(run, lambda: level[0]) == 40
+    assert lowest_free_while(run, read) == 40
 
 
 def test_mem_get_info_without_cuda_raises_cleanly():
@@ -414,18 +425,26 @@ def test_whisper_on_cuda_counts_windows_and_measures_by_sampling(monkeypatch):
     assert e.padded_s(5.0) == e.padded_s(20.0) == 30.0  # every chunk is one 30 s window
     free = [60 * GiB]
     e.model = _Obj(model=_Obj(device_index=[0]))
+    sampled_during = threading.Event()
+
+    def read(index: int = 0) -> tuple[int, int]:
+        if free[0] < 60 * GiB:
+            sampled_during.set()
+        return free[0], 80 * GiB
 
     def batch(audios, language, options, second_pass=True):  # noqa: ANN001, ANN202
         assert not second_pass  # the probe measures the batched pass alone
-        # each window needs 200 MiB while the batch runs, 1 GiB of workspace; all of it is given back
+        # each window needs 200 MiB while the batch runs, 1 GiB of workspace; all of it is given back. The
+        # peak lasts until the sampler has read it (an event, not a sleep the sampler may miss under load)
         before = free[0]
+        sampled_during.clear()
         free[0] = before - GiB - len(audios) * 200 * 2**20
-        time.sleep(0.03)
+        assert sampled_during.wait(30), "the sampler never read the card during the batch"
         free[0] = before
         return [ChunkText("") for _ in audios]
 
     e._decode = batch
-    monkeypatch.setattr(gpu_memory, "mem_get_info", lambda index=0: (free[0], 80 * GiB))
+    monkeypatch.setattr(gpu_memory, "mem_get_info", read)
     cost, free_bytes = e.measure_memory()
     assert cost.per_s == pytest.approx(200 * 2**20 / 30) and cost.fixed == pytest.approx(GiB)
     assert free_bytes == 60 * GiB

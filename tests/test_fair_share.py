@@ -4,6 +4,7 @@ overtakes tenant A's backlog."""
 
 from __future__ import annotations
 
+import threading
 import time
 import uuid
 
@@ -185,3 +186,65 @@ def test_tenant_cap_answers_429_and_stores_nothing(pg_api):
     # the cap is per tenant: the other one is not held back
     r = pg_api.post("/v1/jobs", {"source_uri": "s3://asrq-test/inbox/one.wav"}, other=True)
     assert r.status_code == 202, r.text
+
+
+
+def test_concurrent_batches_never_pass_the_cap_together(pg_api, monkeypatch):
+    """Issue 17 item 8: the cap was counted, then the batch inserted, with nothing between them; batches
+    sent at the same moment all counted the same room and all went in (each up to 10,000 over). Eight
+    real requests at once, each made to wait after its count until the others counted too (a barrier:
+    before the fix all eight reach it; with the tenant's admission lock the others wait for the first to
+    commit, so the barrier gives up after a moment and the others count again): one batch fits, the
+    rest get 429, and the tenant never holds more than its cap."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from sqlalchemy import func, select
+
+    from app.db.models import Job
+    from app.db.session import session_scope
+
+    cap, per_batch, senders = 100, 60, 8
+    app = pg_api.c.app
+    app.state.settings = app.state.settings.model_copy(update={"max_queued_jobs_per_tenant": cap})
+    counted = threading.Barrier(senders)
+    real_admit = fair_share.admit
+
+    def admit_then_wait_for_the_others(*a, **kw):  # noqa: ANN002, ANN003, ANN202
+        levels = real_admit(*a, **kw)
+        try:
+            counted.wait(timeout=3)
+        except threading.BrokenBarrierError:
+            pass
+        return levels
+
+    monkeypatch.setattr(fair_share, "admit", admit_then_wait_for_the_others)
+
+    def send(n: int) -> int:
+        body = {"jobs": [{"source_uri": f"s3://asrq-test/inbox/race-{n}-{i}.wav"} for i in range(per_batch)]}
+        return pg_api.post("/v1/jobs/batch", body).status_code
+
+    with ThreadPoolExecutor(senders) as pool:
+        codes = sorted(pool.map(send, range(senders)))
+    assert codes == [202] + [429] * (senders - 1), codes
+    with session_scope() as s:
+        assert s.scalar(select(func.count()).select_from(Job).where(Job.tenant == pg_api.tenant)) == per_batch
+
+
+def test_a_replay_at_the_cap_gets_its_job(pg_api):
+    """Issue 17 item 8: a client retrying a POST with the same Idempotency-Key (its first answer was lost)
+    once the tenant reached its cap got 429, and never learned its job's id. A replay adds nothing: it
+    gets its job, even at the cap; the same key with other parameters is still a conflict."""
+    app = pg_api.c.app
+    app.state.settings = app.state.settings.model_copy(update={"max_queued_jobs_per_tenant": 3})
+    key = {"Idempotency-Key": "retry-me"}
+    body = {"source_uri": "s3://asrq-test/inbox/first.wav"}
+    first = pg_api.c.post("/v1/jobs", json=body, headers={**pg_api.auth, **key})
+    assert first.status_code == 202, first.text
+    pg_api.batch(2)
+    assert pg_api.post("/v1/jobs", {"source_uri": "s3://asrq-test/inbox/fourth.wav"}).status_code == 429
+    again = pg_api.c.post("/v1/jobs", json=body, headers={**pg_api.auth, **key})
+    assert again.status_code == 200 and again.json()["id"] == first.json()["id"], again.text
+    other = pg_api.c.post("/v1/jobs", json={"source_uri": "s3://asrq-test/inbox/other.wav"},
+                          headers={**pg_api.auth, **key})
+    assert other.status_code == 409, other.text
+    assert len(pg_api.get("/v1/jobs").json()["jobs"]) == 3

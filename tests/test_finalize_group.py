@@ -16,7 +16,19 @@ VOCAB = [t for t in _tokens() if not t.startswith("<")]
 
 
 @pytest.fixture()
-def env(tmp_path, monkeypatch, migrated_pg, s3):  # noqa: ANN001, ANN201
+def own_pg():  # noqa: ANN201
+    """A database of this test's own: a finalize takes along every waiting punctuated job of its database,
+    so jobs another test left FINALIZING in a shared one would join the group and change the counts."""
+    from app.db.migrate import upgrade
+    from tests.services import postgres_database
+
+    with postgres_database() as url:
+        upgrade(url)
+        yield url
+
+
+@pytest.fixture()
+def env(tmp_path, monkeypatch, own_pg, s3):  # noqa: ANN001, ANN201
     from app import storage
     from app.db import session
     from app.settings import get_settings
@@ -26,7 +38,7 @@ def env(tmp_path, monkeypatch, migrated_pg, s3):  # noqa: ANN001, ANN201
     build_tiny_ct_punc(models / "tiny-punc")
     for k in [k for k in os.environ if k.startswith("ASRQ_")]:
         monkeypatch.delenv(k)
-    for k, v in {"ASRQ_HOME": str(tmp_path / "home"), "ASRQ_DATABASE_URL": migrated_pg,
+    for k, v in {"ASRQ_HOME": str(tmp_path / "home"), "ASRQ_DATABASE_URL": own_pg,
                  "ASRQ_STORAGE_URL": f"s3://asrq-test/grp-{tmp_path.name}", "ASRQ_S3_ENDPOINT_URL": endpoint,
                  "ASRQ_BROKER_URL": f"filesystem://{tmp_path / 'broker'}", "ASRQ_MODELS_DIR": str(models),
                  "AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test",

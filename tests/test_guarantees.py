@@ -146,16 +146,20 @@ def test_retry_after_a_database_outage_resumes_its_attempt(live):
 
     jid = _add_job()
     with _session() as s:
-        assert begin_prepare(s, jid, max_attempts=3, lease_s=60).prepare_attempts == 1
-        # the transient error's give-back failed (database down); the retry comes back with attempt 1
-        assert begin_prepare(s, jid, max_attempts=3, lease_s=60, resume_attempt=1).prepare_attempts == 1
-        # once another worker took the job over (attempt 2), that retry finds nothing to resume
-        assert begin_prepare(s, jid, max_attempts=3, lease_s=-1) is None  # lease of attempt 1 still live
+        first = begin_prepare(s, jid, max_attempts=3, lease_s=60)
+        assert (first.prepare_attempts, first.prepare_fence) == (1, 1)
+        # the transient error's give-back failed (database down); the retry comes back with token 1: the
+        # same attempt, a new token
+        resumed = begin_prepare(s, jid, max_attempts=3, lease_s=60, resume_fence=1)
+        assert (resumed.prepare_attempts, resumed.prepare_fence) == (1, 2)
+        assert begin_prepare(s, jid, max_attempts=3, lease_s=60, resume_fence=1) is None  # a duplicate of it
+        assert begin_prepare(s, jid, max_attempts=3, lease_s=-1) is None  # the resumed lease is live
     with _session() as s:
         s.execute(update(Job).where(Job.id == jid).values(lease_until=utcnow() - timedelta(seconds=1)))
     with _session() as s:
-        assert begin_prepare(s, jid, max_attempts=3, lease_s=60).prepare_attempts == 2
-        assert begin_prepare(s, jid, max_attempts=3, lease_s=60, resume_attempt=1) is None
+        taken = begin_prepare(s, jid, max_attempts=3, lease_s=60)
+        assert (taken.prepare_attempts, taken.prepare_fence) == (2, 3)
+        assert begin_prepare(s, jid, max_attempts=3, lease_s=60, resume_fence=2) is None
 
 
 def test_finalize_that_died_is_taken_over(live):
@@ -255,9 +259,22 @@ def test_pending_chunks_waiting_or_held_are_not_resent(live):
     assert reconcile_once().get("transcribe", 0) == 0
     live.redis.delete("transcribe")  # lost: nothing waits for them now
     # a transcribe worker that was handed them keeps them fresh while it works on the batch before them
-    with HeldChunks(waiting, lease_s=60, stale_s=0.4, max_hold_s=60):
+    held = HeldChunks(waiting, lease_s=60, stale_s=0.4, max_hold_s=60)
+    aged, beat_since = threading.Event(), threading.Event()
+    beat = held._beat_fn
+
+    def observed_beat() -> bool:
+        after = aged.is_set()  # begun after the ageing committed: its write is the later one
+        ok = beat()
+        if after:
+            beat_since.set()
+        return ok
+
+    held._beat_fn = observed_beat
+    with held:
         _age_everything()
-        time.sleep(0.5)
+        aged.set()
+        assert beat_since.wait(30), "the heartbeat never beat"  # an event, not a sleep the beat may miss
         assert reconcile_once().get("transcribe", 0) == 0
     _age_everything()  # that worker died: its heartbeat stopped
     assert reconcile_once()["transcribe"] == 3
@@ -295,11 +312,101 @@ def test_prepare_taken_over_cannot_store_its_plan(live):
 
     jid = _add_job()
     with _session() as s:
-        first = begin_prepare(s, jid, max_attempts=3, lease_s=-1).prepare_attempts
-        second = begin_prepare(s, jid, max_attempts=3, lease_s=60).prepare_attempts
+        first = begin_prepare(s, jid, max_attempts=3, lease_s=-1).prepare_fence
+        second = begin_prepare(s, jid, max_attempts=3, lease_s=60).prepare_fence
         assert save_plan(s, jid, first, [ChunkPlan(0, 0, 1000)], 1.0) == []
         assert len(save_plan(s, jid, second, [ChunkPlan(0, 0, 1000), ChunkPlan(1, 1000, 2000)], 2.0)) == 2
     assert _job(jid).chunks_total == 2
+
+
+def _expire_lease(job_id: uuid.UUID) -> None:
+    with _session() as s:
+        s.execute(update(Job).where(Job.id == job_id).values(lease_until=utcnow() - timedelta(seconds=1)))
+
+
+def test_a_prepare_that_lost_its_job_cannot_hand_its_token_on(live, monkeypatch):
+    """Issue 17 item 6: a prepare whose lease ran out meets a transient error after another worker took
+    the job over. Its give-back used to be unfenced: it put the live holder's job back in the queue and
+    lowered the attempt, so the next taker got the live holder's own token, and two prepares ran with it.
+    Now the give-back is fenced by the token, and tokens only go up."""
+    from celery.exceptions import Retry
+
+    from app.errors import TransientError
+    from app.lifecycle import begin_prepare
+    from workers.tasks import prepare
+
+    jid = _add_job()
+    taken_over = {}
+
+    def stale_holder_meets_an_outage(job_id, *_a, **_kw):  # noqa: ANN001, ANN202
+        _expire_lease(job_id)  # this holder stalled; another worker takes the job over meanwhile
+        with _session() as s:
+            taken_over["job"] = begin_prepare(s, job_id, max_attempts=3, lease_s=60)
+        raise TransientError("storage unreachable")
+
+    monkeypatch.setattr(prepare, "_decode_and_plan", stale_holder_meets_an_outage)
+    # the task as a worker runs it (its error policy included); called directly, its retry raises here
+    with pytest.raises((TransientError, Retry)):
+        prepare.prepare(str(jid))
+    assert taken_over["job"] is not None
+    with _session() as s:
+        job = s.get(Job, jid)
+        assert job.state == JobState.PREPARING and job.lease_until > utcnow()  # still the new holder's
+        # the stale holder's retry, or any duplicate message, finds the job held: no third holder
+        assert begin_prepare(s, jid, max_attempts=3, lease_s=60) is None
+
+
+def test_a_duplicated_resume_does_not_run_twice(live, monkeypatch):
+    """Issue 17 item 6: the retry of a prepare whose give-back failed (database down) resumes its attempt;
+    it used to match on the attempt number alone, ignoring the live lease it had itself just taken, so a
+    duplicate of that retry message resumed the same attempt again: two prepares with one token."""
+    from app.errors import TransientError
+    from workers.tasks import prepare
+
+    jid = _add_job()
+    runs: list[int] = []
+
+    def outage(*_a, **_kw):  # noqa: ANN002, ANN003, ANN202
+        raise TransientError("database unreachable")
+
+    monkeypatch.setattr(prepare, "_decode_and_plan", outage)
+    monkeypatch.setattr(prepare, "requeue_prepare", outage)  # the give-back fails too
+    with pytest.raises(TransientError) as failed:
+        prepare.prepare_job(jid)
+    retry = failed.value.asrq_retry_kwargs
+
+    def resumed(job_id, *_a, **_kw):  # noqa: ANN001, ANN202
+        runs.append(1)
+        if len(runs) == 1:  # while the retry runs, its duplicate is delivered to another worker
+            prepare.prepare_job(job_id, **retry)
+        raise TransientError("the test ends here")
+
+    monkeypatch.setattr(prepare, "_decode_and_plan", resumed)
+    with pytest.raises(TransientError):
+        prepare.prepare_job(jid, **retry)
+    assert runs == [1]
+    assert _job(jid).prepare_attempts == 1  # the outage cost no attempt
+
+
+def test_finalize_tokens_are_unique_and_monotonic(live):
+    """Issue 17 item 6: a finalize that gives its attempt back (transient error) lowered the number that
+    was also its token, so the next take-over repeated the token of a live holder. The token is now a
+    column of its own that only goes up; attempts still count finalizes that never finished."""
+    from app.lifecycle import begin_finalize, complete_job, requeue_finalize
+
+    jid = _add_job(JobState.FINALIZING)
+    with _session() as s:
+        a = begin_finalize(s, jid, max_attempts=3, lease_s=60)
+    _expire_lease(jid)  # holder a stalls; b takes over
+    with _session() as s:
+        b = begin_finalize(s, jid, max_attempts=3, lease_s=60)
+        requeue_finalize(s, jid)  # a meets a transient error and gives back (as workers/tasks/finalize.py does)
+        c = begin_finalize(s, jid, max_attempts=3, lease_s=60)
+        assert None not in (a, b, c) and a < b < c
+        assert not complete_job(s, jid, "en", b)  # b was fenced out by c
+        assert not requeue_finalize(s, jid, b)  # nor can it give c's lease away
+        assert s.get(Job, jid, populate_existing=True).finalize_attempts == 2  # a's was given back
+        assert complete_job(s, jid, "en", c)
 
 
 # ---- one transaction, or repaired ---------------------------------------------------------------------------------

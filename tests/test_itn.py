@@ -110,3 +110,70 @@ def test_only_clauses_with_a_numeral_go_through_the_grammar():
     pieces = _pieces("广州市房地产中介协会分析。我想问我在滨海新区有房，他花了三百二十块钱")
     assert "".join(p for p, _ in pieces) == "广州市房地产中介协会分析。我想问我在滨海新区有房，他花了三百二十块钱"
     assert [p for p, rewrite in pieces if rewrite] == ["他花了三百二十块钱"]
+
+
+def _stand_in_grammar(limit: int, seen: list[int]):  # noqa: ANN202
+    """tests/mandarin_text.numerals_as_digits in place of the grammar (which costs minutes for 10 hours); it
+    refuses, at once, a piece longer than ``limit``."""
+    from tests.mandarin_text import numerals_as_digits
+
+    def rewrite(text: str) -> str:
+        seen.append(len(text))
+        assert len(text) <= limit, f"the grammar was given {len(text)} characters at once"
+        return numerals_as_digits(text)
+
+    return rewrite
+
+
+def test_a_ten_hour_clause_is_aligned_in_bounded_pieces(monkeypatch):
+    """Finding 5: with no punctuation model a Mandarin job's whole text is one clause, and the grammar and
+    difflib both saw all of it (20,000 characters took 33 s; 10 hours, about 150,000, hit the finalize
+    limit). Now neither ever sees more than a bounded piece, so the cost is linear (bench.itn_scaling
+    measures it), and every character still keeps its time."""
+    import difflib
+
+    from tests.mandarin_text import mandarin_words, numerals_as_digits
+    from workers import itn
+
+    limit = 2000  # pieces are cut at about itn.MAX_PIECE_CHARS, 4 times that at most where numbers are dense
+    aligned: list[int] = []
+
+    class Bounded(difflib.SequenceMatcher):
+        def __init__(self, isjunk, a, b, autojunk=True):  # noqa: ANN001
+            aligned.append(max(len(a), len(b)))
+            assert len(a) <= limit, f"difflib was given {len(a)} characters at once"
+            super().__init__(isjunk, a, b, autojunk)
+
+    monkeypatch.setattr(itn, "SequenceMatcher", Bounded)
+    words = mandarin_words(150_000)
+    seen: list[int] = []
+    out = normalize_words(words, char_level=True, normalize=_stand_in_grammar(limit, seen))
+    text = "".join(w.word for w in words)
+    assert len(seen) > 300 and max(seen) <= limit and max(aligned) <= limit
+    assert "".join(w.word for w in out) == numerals_as_digits(text)
+    # unchanged characters keep their own times; a rewritten span runs from its first source to its last
+    by_start = {w.start_s: w for w in words}
+    for w in out:
+        if w.word.isdigit():
+            assert w.end_s > w.start_s and w.start_s in by_start
+        else:
+            assert w == by_start[w.start_s], w
+    assert [w.start_s for w in out] == sorted(w.start_s for w in out)
+
+
+def test_cuts_clear_of_numbers_change_nothing(caplog):
+    """Where a long clause is cut (far enough from every numeral on both sides), the real grammar gives
+    the words and times it gives the whole clause."""
+    import logging
+
+    from tests.mandarin_text import mandarin_words
+    from workers import itn
+
+    caplog.set_level(logging.WARNING, "asrq.itn")
+    cut = 0
+    for seed in range(3):
+        words = mandarin_words(1500, seed=seed)
+        text = "".join(w.word for w in words)
+        cut += len(itn._cut_points(text, 120))
+        assert normalize_words(words, True, max_piece_chars=120) == normalize_words(words, True, max_piece_chars=10**9)
+    assert cut >= 30 and not caplog.records  # every cut was a clear one

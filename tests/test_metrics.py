@@ -76,21 +76,52 @@ def test_api_metrics_need_the_token_off_loopback(tmp_path, monkeypatch):
         session.reset_engines()
 
 
-def test_nvml_reports_cards_only_where_there_are_cards():
+def test_nvml_reports_cards_only_where_there_are_cards(monkeypatch):
+    """The collector's path that reports cards runs on every machine, against a stand-in NVML injected as
+    ``pynvml``: two cards, one of which fails its read (skipped, the other still reported); a machine
+    without the driver (nvmlInit raises) reports nothing. Where a real card exists, its readings too."""
     import shutil
+    import sys
+    import types
 
     from app.metrics import NvmlCollector
 
+    if shutil.which("nvidia-smi") is not None:  # a machine with cards: NVML's own readings
+        nvml = NvmlCollector("w")
+        families = {f.name: f for f in nvml.collect()}
+        used, full = families["asrq_gpu_memory_used_bytes"].samples, families["asrq_gpu_memory_total_bytes"].samples
+        assert len(used) == len(full) == len(nvml.handles) >= 1
+        assert all(0 < u.value <= f.value for u, f in zip(used, full))
+        assert all(0 <= s.value <= 1 for s in families["asrq_gpu_utilization_ratio"].samples)
+
+    cards = [{"used": 3 * 2**30, "total": 80 * 2**30, "gpu": 45}, {"lost": True}]
+
+    def memory(card: dict) -> types.SimpleNamespace:
+        if card.get("lost"):
+            raise RuntimeError("GPU is lost")
+        return types.SimpleNamespace(used=card["used"], total=card["total"])
+
+    fake = types.ModuleType("pynvml")
+    fake.nvmlInit = lambda: None
+    fake.nvmlDeviceGetCount = lambda: len(cards)
+    fake.nvmlDeviceGetHandleByIndex = lambda i: cards[i]
+    fake.nvmlDeviceGetMemoryInfo = memory
+    fake.nvmlDeviceGetUtilizationRates = lambda card: types.SimpleNamespace(gpu=card["gpu"])
+    monkeypatch.setitem(sys.modules, "pynvml", fake)
+    nvml = NvmlCollector("gpu0@host")
+    assert nvml.available and len(nvml.handles) == 2
+    families = {f.name: [(s.labels, s.value) for s in f.samples] for f in nvml.collect()}
+    card0 = {"worker": "gpu0@host", "gpu": "0"}
+    assert families == {"asrq_gpu_memory_used_bytes": [(card0, 3.0 * 2**30)],
+                        "asrq_gpu_memory_total_bytes": [(card0, 80.0 * 2**30)],
+                        "asrq_gpu_utilization_ratio": [(card0, 0.45)]}
+
+    def no_driver() -> None:
+        raise OSError("NVML Shared Library Not Found")
+
+    fake.nvmlInit = no_driver
     nvml = NvmlCollector("w")
-    families = {f.name: f for f in nvml.collect()}
-    if shutil.which("nvidia-smi") is None:  # this machine: a no-op
-        assert nvml.available is False and families == {}
-        return
-    assert nvml.available
-    used, full = families["asrq_gpu_memory_used_bytes"].samples, families["asrq_gpu_memory_total_bytes"].samples
-    assert len(used) == len(full) == len(nvml.handles) >= 1
-    assert all(0 < u.value <= f.value for u, f in zip(used, full))
-    assert all(0 <= s.value <= 1 for s in families["asrq_gpu_utilization_ratio"].samples)
+    assert nvml.available is False and list(nvml.collect()) == []
 
 
 def test_dashboard_and_compose_use_the_names_asrq_exposes():

@@ -210,3 +210,48 @@ def test_embedded_command_fails_with_the_reason_when_the_model_cannot_load(tmp_p
     assert r.returncode == 1, (r.returncode, r.stderr[-3000:])
     assert "FAILED" in r.stderr and "cannot be loaded" in r.stderr and "timed out" not in r.stderr, r.stderr[-3000:]
     assert time.monotonic() - t0 < 120
+
+
+def test_engines_are_kept_within_a_memory_bound_and_what_is_evicted_is_freed(models_dir, monkeypatch):
+    """Issue 17 item 10: get_engine kept the last 4 models whatever their size (lru_cache), so a worker
+    switching between large models held them all. Now the models kept fit ASRQ_ENGINE_CACHE_MB (measured
+    on CUDA, their size on disk elsewhere): the least recently used go first, and what they held is freed,
+    at once when nothing else holds it, or as soon as a running task that still holds it lets it go.
+    Three tiny random Paraformers and Whisper tiny.en, under a bound that two Paraformers fill."""
+    import gc
+    import weakref
+
+    from app.settings import get_settings
+    from workers.engines.registry import get_engine
+
+    def size_on_disk(d: Path) -> int:
+        return sum(p.stat().st_size for p in d.rglob("*") if p.is_file())
+
+    for i in range(3):
+        build_tiny_paraformer(models_dir / f"para-{i}")
+    one = size_on_disk(models_dir / "para-0")
+    assert size_on_disk(models_dir / "tiny-whisper") > 3 * one  # Whisper alone is over the bound
+    monkeypatch.setenv("ASRQ_ENGINE_CACHE_MB", str(2.5 * one / 2**20))
+    get_settings.cache_clear()
+
+    held_by_a_task = get_engine("funasr", "para-0")
+    dropped = weakref.ref(get_engine("funasr", "para-1"))
+    assert get_engine("funasr", "para-0") is held_by_a_task  # kept, and now the most recently used
+    newest = get_engine("funasr", "para-2")  # para-1 is the least recently used: it goes
+    gc.collect()
+    assert dropped() is None  # nothing else held it: freed
+    assert get_engine("funasr", "para-0") is held_by_a_task and get_engine("funasr", "para-2") is newest
+    # Whisper does not fit beside anything: it is loaded alone; the Paraformers are evicted, and the one a
+    # running task still holds is freed when that task lets it go
+    task_copy = weakref.ref(held_by_a_task)
+    newest = weakref.ref(newest)
+    whisper = get_engine("whisper", "tiny-whisper")
+    assert whisper.transcribe_batch([], DecodeOptions()) == []
+    gc.collect()
+    assert newest() is None and task_copy() is not None
+    del held_by_a_task
+    gc.collect()
+    assert task_copy() is None
+    assert get_engine.kept() == [("whisper", "tiny-whisper")]
+    again = get_engine("funasr", "para-1")  # an evicted model loads again when a job needs it
+    assert again.transcribe_batch([], DecodeOptions()) == [] and get_engine.kept() == [("funasr", "para-1")]

@@ -138,6 +138,42 @@ def test_an_expired_job_leaves_nothing_in_postgres_or_storage(pg_api):
     assert sum(r.jobs_submitted for r in u) == 1 and sum(r.audio_transcribed_s for r in u) == 7.0
 
 
+def test_objects_storage_keeps_keep_their_job(pg_api):
+    """Issue 17 item 7: S3's DeleteObjects answers 200 and lists under Errors the keys it did not delete (an
+    object lock, a legal hold, a bucket policy); those used to be ignored, and the job's rows went while its
+    transcript stayed in storage, owned by nobody. On moto with a bucket policy that denies deleting one
+    job's objects: that job keeps its rows, and a client's DELETE of it answers 503 and changes nothing;
+    the sweep goes on with the other jobs and tries the held one again later, when it goes."""
+    import json
+
+    from app.settings import get_settings
+    from workers.tasks.maintenance import RETRY_AFTER_S, maintain_once
+
+    days = get_settings().retention_days
+    held, free = (_finished_job(pg_api, finished_ago=timedelta(days=days, hours=1)) for _ in range(2))
+    policy = {"Version": "2012-10-17", "Statement": [{
+        "Effect": "Deny", "Principal": "*", "Action": "s3:DeleteObject",
+        "Resource": f"arn:aws:s3:::asrq-test/{pg_api.prefix}/jobs/{held}/*"}]}
+    pg_api.s3.put_bucket_policy(Bucket="asrq-test", Policy=json.dumps(policy))
+    try:
+        r = pg_api.c.delete(f"/v1/jobs/{held}", headers=pg_api.auth)
+        assert r.status_code == 503, r.text
+        assert _job(held).deleted_at is None and pg_api.get(f"/v1/jobs/{held}/transcript").status_code == 200
+        maintain_once()
+        assert _job(free) is None and pg_api.keys(free) == []
+        job = _job(held)
+        assert job is not None and "transcript.json" in pg_api.keys(held)
+        assert job.retention_retry_at is not None and job.audio_deleted_at is None
+        assert _usage_jobs(pg_api.tenant) == 1  # only the job that went was rolled up
+    finally:
+        pg_api.s3.delete_bucket_policy(Bucket="asrq-test")
+    maintain_once()  # the held job waits for its retry time: not tried at every run
+    assert _job(held) is not None
+    maintain_once(now=datetime.now(timezone.utc) + timedelta(seconds=RETRY_AFTER_S + 60))
+    assert _job(held) is None and pg_api.keys(held) == []
+    assert _usage_jobs(pg_api.tenant) == 2
+
+
 def _expired_jobs(pg_api, n: int) -> list[str]:  # noqa: ANN001
     """n jobs, each with a chunk and objects, finished long enough ago to expire, through the batch API."""
     _, ids = pg_api.batch(n)
@@ -232,6 +268,47 @@ def test_delete_of_a_finished_job_removes_its_text_and_words(pg_api):
     other = _finished_job(pg_api)
     assert pg_api.c.delete(f"/v1/jobs/{other}", headers=pg_api.other_auth).status_code == 404
     assert pg_api.get(f"/v1/jobs/{other}/transcript").status_code == 200
+
+
+def test_delete_locks_the_job_before_its_chunks(pg_api):
+    """Issue 17 item 11: the DELETE of a finished job updated its chunks, then the job: the reverse of the
+    order every other transaction follows (lifecycle.lock_jobs). Against one that follows it (here the
+    retention sweep's: the job row locked, then its chunks changed) the two waited on each other and
+    Postgres killed one of them. Real transactions: the sweep's holds the job row while the DELETE runs
+    into it, then changes the chunks; both must complete."""
+    from sqlalchemy import create_engine
+
+    from app.jobs import cancel_or_delete
+    from app.settings import get_settings
+
+    jid = _finished_job(pg_api)
+    engine = create_engine(get_settings().database_url)
+    outcome: dict = {}
+
+    def client_delete() -> None:
+        try:
+            with session_scope() as s:
+                s.execute(text("SET lock_timeout = '20s'"))
+                outcome["job"] = cancel_or_delete(s, _store(), pg_api.tenant, uuid.UUID(jid))
+        except Exception as e:  # noqa: BLE001 - reported below
+            outcome["error"] = e
+
+    def waiting_on_a_lock(conn) -> bool:  # noqa: ANN001
+        return bool(conn.execute(text("SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+                                      "AND datname = current_database()")).scalar())
+
+    with engine.connect() as sweep, engine.connect() as watch:
+        sweep.execute(text("SET lock_timeout = '20s'"))
+        sweep.execute(text("SELECT id FROM jobs WHERE id = :j FOR UPDATE"), {"j": jid})
+        t = threading.Thread(target=client_delete)
+        t.start()
+        wait_until(lambda: waiting_on_a_lock(watch), 30, what="the DELETE to meet the sweep's lock")
+        sweep.execute(text("UPDATE chunks SET words = NULL WHERE job_id = :j"), {"j": jid})
+        sweep.commit()
+        t.join(60)
+    engine.dispose()
+    assert "error" not in outcome, outcome
+    assert outcome["job"].deleted_at is not None
 
 
 def test_transcribe_treats_missing_audio_of_a_finished_job_as_its_end(pg_api):

@@ -25,6 +25,7 @@ import pytest
 
 from app.errors import AsrqError, BadSource, TransientError
 from app.settings import Settings
+from tests.pg_api import pg_api  # noqa: F401 - fixture
 from tests.services import fresh_celery_app
 
 NAME = "media.example.org"
@@ -51,6 +52,8 @@ class Server:
                                        "body": body})
                 reply = outer.replies[min(len(outer.replies), len(outer.requests)) - 1]
                 time.sleep(reply.get("delay_s", 0))
+                if "hold" in reply:  # an event: the answer waits until the test lets it go
+                    reply["hold"].wait(60)
                 data = reply.get("body", AUDIO)
                 self.send_response(reply.get("status", 200))
                 if "length" in reply:
@@ -430,14 +433,19 @@ def test_webhook_is_retried_a_bounded_number_of_times(embedded, servers):
 
 
 def test_slow_webhook_holds_a_worker_only_for_its_timeout(embedded, servers, monkeypatch):
+    """A receiver that never answers: the try ends at the webhook timeout, while the receiver still holds
+    its answer (an event, not a clock: the try cannot have waited for the receiver)."""
     monkeypatch.setenv("ASRQ_WEBHOOK_MAX_TRIES", "1")
     from app.settings import get_settings
 
     get_settings.cache_clear()
-    slow = servers(replies=[{"delay_s": 5, "status": 204}])
-    t0 = time.monotonic()
-    assert _deliver(f"http://127.0.0.1:{slow.port}/hook") is False
-    assert time.monotonic() - t0 < 3
+    answer = threading.Event()
+    slow = servers(replies=[{"hold": answer, "status": 204}])
+    try:
+        assert _deliver(f"http://127.0.0.1:{slow.port}/hook") is False
+        assert not answer.is_set() and len(slow.requests) == 1
+    finally:
+        answer.set()
 
 
 def test_webhook_goes_to_the_checked_address(embedded, servers, monkeypatch):
@@ -490,3 +498,85 @@ def test_webhook_backoff_follows_the_schedule_with_jitter(settings):
         delays = [retry_delay_s(tries, s, rng) for _ in range(200)]
         assert all(0.8 * full <= d <= 1.2 * full for d in delays)
         assert max(delays) - min(delays) > full / 4  # jittered, not one value for every receiver
+
+
+def _dns_of(monkeypatch, answer):  # noqa: ANN001, ANN202
+    """getaddrinfo for names under .example answered by ``answer(name)`` (an address, or an exception to
+    raise); every other name (loopback services) goes to the real one. Returns the names looked up."""
+    real, asked = socket.getaddrinfo, []
+
+    def resolve(host, port, *a, **kw):  # noqa: ANN001, ANN002, ANN003
+        h = host.decode() if isinstance(host, bytes) else str(host)
+        if not h.endswith(".example"):
+            return real(host, port, *a, **kw)
+        asked.append(h)
+        ip = answer(h)
+        if isinstance(ip, BaseException):
+            raise ip
+        return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", (ip, port))]
+
+    monkeypatch.setattr(socket, "getaddrinfo", resolve)
+    return asked
+
+
+def test_a_batch_resolves_each_host_once_side_by_side(pg_api, monkeypatch):
+    """Issue 17 item 9: a batch looked up every https source and webhook host one after another, each as
+    often as it was named (10,000 lookups with no timeout: about 40 such requests held every API thread).
+    Now each distinct host is looked up once, all side by side. The resolver here answers a name only once
+    four lookups are under way at the same time (or after 5 s): one after another they would be 1 at a
+    time; the figure is counted, not timed."""
+    lock = threading.Condition()
+    state = {"now": 0, "most": 0, "alone": False}
+
+    def slow(_name: str) -> str:
+        with lock:
+            state["now"] += 1
+            state["most"] = max(state["most"], state["now"])
+            lock.notify_all()
+            # once a lookup waited 5 s alone, the others do not wait: one after another they would take 10 min
+            if not lock.wait_for(lambda: state["most"] >= 4 or state["alone"], timeout=5):
+                state["alone"] = True
+            state["now"] -= 1
+        return "93.184.216.34"
+
+    asked = _dns_of(monkeypatch, slow)
+    jobs = [{"source_uri": f"https://media{i % 6}.example/call-{i}.wav",
+             "webhook_url": f"https://hooks{i % 3}.example/done"} for i in range(120)]
+    r = pg_api.post("/v1/jobs/batch", {"jobs": jobs})
+    assert r.status_code == 202, r.text
+    assert sorted(asked) == sorted({f"media{i}.example" for i in range(6)} | {f"hooks{i}.example" for i in range(3)})
+    assert state["most"] >= 4
+
+
+def test_a_batch_waits_for_dns_only_its_timeout(pg_api, monkeypatch):
+    """Issue 17 item 9: a resolver that does not answer holds a batch request for ASRQ_DNS_TIMEOUT_S, then
+    answers 503 (a retry can help), as a resolver that is down does; an address that is refused is still
+    422. The lookup that hangs is released only when the test ends."""
+    never = threading.Event()
+
+    def answer(name: str):  # noqa: ANN202
+        if name.startswith("hangs"):
+            never.wait(120)
+            return "93.184.216.34"
+        if name.startswith("down"):
+            return socket.gaierror(socket.EAI_AGAIN, "Temporary failure in name resolution")
+        return "10.0.0.7" if name.startswith("inside") else "93.184.216.34"
+
+    _dns_of(monkeypatch, answer)
+    app = pg_api.c.app
+    app.state.settings = app.state.settings.model_copy(update={"dns_timeout_s": 0.5})
+    answers: dict[str, int] = {}
+
+    def post(host: str) -> None:
+        body = {"jobs": [{"source_uri": "https://fine.example/a.wav"}, {"source_uri": f"https://{host}/b.wav"}]}
+        answers[host] = pg_api.post("/v1/jobs/batch", body).status_code
+
+    try:
+        for host in ("hangs.example", "down.example", "inside.example"):
+            t = threading.Thread(target=post, args=(host,), daemon=True)
+            t.start()
+            t.join(60)  # far above the 0.5 s it may take: only a request that waits for DNS forever fails here
+            assert not t.is_alive(), f"the batch naming {host} is still waiting for DNS"
+    finally:
+        never.set()
+    assert answers == {"hangs.example": 503, "down.example": 503, "inside.example": 422}

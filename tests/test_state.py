@@ -46,10 +46,12 @@ def test_schema_matches_models(migrated_pg):
 def test_transient_prepare_errors_do_not_spend_attempts(session):
     jid = _job(session)
     for _ in range(5):  # an outage longer than max_attempts retries
-        assert begin_prepare(session, jid, max_attempts=3, lease_s=300) is not None
-        requeue_prepare(session, jid)
+        job = begin_prepare(session, jid, max_attempts=3, lease_s=300)
+        assert job is not None
+        assert requeue_prepare(session, jid, job.prepare_fence)
     job = session.get(Job, jid, populate_existing=True)
-    assert (job.state, job.prepare_attempts) == (JobState.QUEUED, 0)
+    # attempts given back; the fencing token is not: every holder had one of its own
+    assert (job.state, job.prepare_attempts, job.prepare_fence) == (JobState.QUEUED, 0, 5)
     # prepares that never finish (a worker killed each time) do run out
     for _ in range(3):
         assert begin_prepare(session, jid, max_attempts=3, lease_s=-60) is not None

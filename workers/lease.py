@@ -54,12 +54,13 @@ class Heartbeat:
 
 class JobLease(Heartbeat):
     """Renews a PREPARING or FINALIZING job's lease four times per lease (one failed beat does not
-    lose it). ``lost`` turns True when the job was cancelled, failed or taken over."""
+    lose it), while the job's fencing token is still ``fence``. ``lost`` turns True when the job was
+    cancelled, failed or taken over."""
 
-    def __init__(self, job_id: uuid.UUID, state: JobState, attempt: int, lease_s: float, max_hold_s: float) -> None:
+    def __init__(self, job_id: uuid.UUID, state: JobState, fence: int, lease_s: float, max_hold_s: float) -> None:
         def renew() -> bool:
             with session_scope() as s:
-                return renew_job_lease(s, job_id, state, attempt, lease_s)
+                return renew_job_lease(s, job_id, state, fence, lease_s)
 
         super().__init__(f"asrq-lease-{job_id}", lease_s / 4, max_hold_s, renew)
 

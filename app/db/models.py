@@ -102,8 +102,12 @@ class Job(Base):
     chunks_total: Mapped[int | None] = mapped_column(Integer)
     chunks_done: Mapped[int] = mapped_column(Integer, default=0)
     language: Mapped[str | None] = mapped_column(String(16))
+    # prepares (finalizes) that never finished: a take-over counts one, a transient failure gives it back
     prepare_attempts: Mapped[int] = mapped_column(Integer, default=0)
     finalize_attempts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    # the fencing token of the holder: raised by every take-over, never lowered (app/lifecycle.py)
+    prepare_fence: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    finalize_fence: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     # the holder's lease while PREPARING or FINALIZING, kept alive by its heartbeat: an expired lease
     # means the process holding the job died, and the reconciler hands the job to another worker
     lease_until: Mapped[datetime | None] = mapped_column(TZ)
@@ -122,6 +126,8 @@ class Job(Base):
     audio_deleted_at: Mapped[datetime | None] = mapped_column(TZ)
     source_deleted_at: Mapped[datetime | None] = mapped_column(TZ)
     deleted_at: Mapped[datetime | None] = mapped_column(TZ)
+    # storage kept some of this finished job's objects when the sweep deleted them: tried again from then
+    retention_retry_at: Mapped[datetime | None] = mapped_column(TZ)
 
     chunks: Mapped[list["Chunk"]] = relationship(back_populates="job", cascade="all, delete-orphan")
 

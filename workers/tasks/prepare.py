@@ -35,9 +35,9 @@ MAX_DURATION_S = 12 * 3600.0
 # max_retries=None: the task's own limit (policy.transient_retry_limit) bounds retries; Celery's default
 # of 3 would end them early with MaxRetriesExceededError and leave the job QUEUED
 @app.task(name=TASK_PREPARE, bind=True, max_retries=None)
-def prepare(self, job_id: str, resume_attempt: int | None = None) -> None:  # noqa: ANN001
-    run_job_step(self, job_id, lambda jid: prepare_job(jid, resume_attempt), "preparing the audio",
-                 on_transient=requeue_prepare)
+def prepare(self, job_id: str, resume_fence: int | None = None,  # noqa: ANN001
+            resume_attempt: int | None = None) -> None:  # noqa: ARG001 - sent by versions before fences: ignored
+    run_job_step(self, job_id, lambda jid: prepare_job(jid, resume_fence), "preparing the audio")
 
 
 def pcm_windows(f: BinaryIO, window_s: float) -> Iterator:
@@ -46,40 +46,52 @@ def pcm_windows(f: BinaryIO, window_s: float) -> Iterator:
         yield pcm_to_float(data)
 
 
-def prepare_job(job_id: uuid.UUID, resume_attempt: int | None = None) -> None:
+def prepare_job(job_id: uuid.UUID, resume_fence: int | None = None) -> None:
     settings = get_settings()
     store = get_store()
     with session_scope() as s:
-        job = begin_prepare(s, job_id, settings.max_attempts, settings.reconcile_stale_s, resume_attempt)
+        job = begin_prepare(s, job_id, settings.max_attempts, settings.reconcile_stale_s, resume_fence)
         if job is None:
             return
-        attempt, tenant = job.prepare_attempts, job.tenant
+        fence, tenant = job.prepare_fence, job.tenant
         source_uri, filename, options = job.source_uri, job.filename, dict(job.options)
     t0 = time.monotonic()
     try:
-        _prepare_held(job_id, attempt, tenant, source_uri, filename, options, store, settings)
+        _prepare_held(job_id, fence, tenant, source_uri, filename, options, store, settings)
         metrics.PREPARE_SECONDS.observe(time.monotonic() - t0)
     except TRANSIENT as e:
-        # if the attempt cannot be given back now (the database is what failed), the retry resumes this
-        # attempt instead of taking the job over as if its worker had died: an outage costs time, not
-        # attempts
-        e.asrq_retry_kwargs = {"resume_attempt": attempt}  # type: ignore[attr-defined]
+        # the attempt is given back (a retry can clear this error); if that cannot be done now (the database
+        # is what failed), the retry resumes this prepare's attempt instead of taking the job over as if its
+        # worker had died: an outage costs time, not attempts
+        if not _give_back(job_id, fence):
+            e.asrq_retry_kwargs = {"resume_fence": fence}  # type: ignore[attr-defined]
         raise
 
 
-def _prepare_held(job_id: uuid.UUID, attempt: int, tenant: str, source_uri: str, filename: str, options: dict,
+def _give_back(job_id: uuid.UUID, fence: int) -> bool:
+    """PREPARING -> QUEUED for the retry, if this prepare still holds the job; False if the database
+    could not be reached."""
+    try:
+        with session_scope() as s:
+            requeue_prepare(s, job_id, fence)
+        return True
+    except TRANSIENT:
+        return False
+
+
+def _prepare_held(job_id: uuid.UUID, fence: int, tenant: str, source_uri: str, filename: str, options: dict,
                   store: ObjectStore, settings: Settings) -> None:
-    with JobLease(job_id, JobState.PREPARING, attempt, settings.reconcile_stale_s,
+    with JobLease(job_id, JobState.PREPARING, fence, settings.reconcile_stale_s,
                   settings.prepare_time_limit_s) as lease:
         plans, duration_s = _decode_and_plan(job_id, tenant, source_uri, filename, options, store, settings)
         chunk_ids: list[uuid.UUID] = []
         if not lease.lost:
             with session_scope() as s:
-                chunk_ids = save_plan(s, job_id, attempt, plans, duration_s)
+                chunk_ids = save_plan(s, job_id, fence, plans, duration_s)
     if lease.lost or (plans and not chunk_ids):
         _drop_audio_of_finished(job_id, store)
         # logged once the audio is gone: what follows this line finds nothing of the attempt left
-        log.info("job=%s prepare attempt %d lost the job; dropping its plan", job_id, attempt)
+        log.info("job=%s prepare (fence %d) lost the job; dropping its plan", job_id, fence)
         return
     if chunk_ids:
         # the chunks' broker level: the tenant's standing now (app/fair_share.py)
