@@ -92,11 +92,14 @@ def _blocks(store: ObjectStore, key: str, start: int, end: int) -> Iterator[byte
         pos += len(data)
 
 
-@router.api_route("/jobs/{job_id}/audio", methods=["GET", "HEAD"], summary="The job's uploaded recording (Range)",
-                  responses={200: {"content": {"audio/*": {}}}, 206: {"description": "the requested byte range"},
-                             404: {"description": "no such job, or its source was a URI (no copy kept)"},
-                             410: {"description": "the uploaded source was removed (retention or DELETE)"},
-                             416: {"description": "the range lies outside the recording"}})
+# HEAD answers as GET does, without the body; it is left out of the schema so that the two methods do not
+# document one operation under one id twice
+@router.head("/jobs/{job_id}/audio", include_in_schema=False)
+@router.get("/jobs/{job_id}/audio", summary="The job's uploaded recording (Range)",
+            responses={200: {"content": {"audio/*": {}}}, 206: {"description": "the requested byte range"},
+                       404: {"description": "no such job, or its source was a URI (no copy kept)"},
+                       410: {"description": "the uploaded source was removed (retention or DELETE)"},
+                       416: {"description": "the range lies outside the recording"}})
 async def get_audio(request: Request, job_id: uuid.UUID, tenant: str = Depends(current_tenant)) -> Response:
     def _job():  # noqa: ANN202
         with request.app.state.sessions() as s:
