@@ -141,6 +141,12 @@ class Settings(BaseSettings):
     # punctuated jobs one finalize takes together, so their texts go through the punctuation model in one
     # call (measured, a ct-punc-sized model on 2 cores: 8 jobs per call cost 95 ms each, one per call 231 ms)
     finalize_group_max: int = Field(8, ge=1)
+    # ... within bounds, so the mates' work never eats the time limit of the job whose task it is: mates
+    # whose texts would bring the group's past this many characters are given back at once (punctuation and
+    # ITN cost up to ~1.6 ms a character together, 3-4x that on a busy box), and once the task has run this
+    # long no further mate is started (the rest are given back to their own finalize)
+    finalize_group_chars_max: int = Field(20000, ge=0)
+    finalize_group_budget_s: float = Field(120.0, ge=0)
     # how long Redis keeps a message delivered to a worker before handing it to another: it bounds the
     # wait of work whose worker died before taking it. A twin of a still-running task is harmless
     # (leases and claims make it a no-op), so this need not exceed the longest task.
