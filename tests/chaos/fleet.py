@@ -35,7 +35,7 @@ class Fleet:
             "api": api_argv(self.api_port),
             "cpu": cpu_worker_argv(self.cpu_concurrency, beat=False),
             "gpu": transcribe_worker_argv(),
-            "beat": cpu_worker_argv(1, beat=True, queues="maintenance"),
+            "beat": cpu_worker_argv(1, beat=True, queues="maintenance,reconcile,webhook"),
         }[name]
 
     def start(self, name: str) -> None:
