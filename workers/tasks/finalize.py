@@ -92,7 +92,10 @@ def finalize_job(job_id: uuid.UUID) -> None:
             if mate is None:
                 continue
             if mates_chars + mate.text_chars > settings.finalize_group_chars_max:
-                group.give_back(jid)  # too long to ride along: its own finalize runs it alone
+                # too long to ride along: its own finalize runs it alone. Held only this moment, so its own
+                # message is still to come (were it lost, the reconciler sends another): none is added, or a
+                # long job would collect one from every finalize that takes it and gives it back
+                group.give_back(jid, resend=False)
                 continue
             mates_chars += mate.text_chars
             loaded[jid] = mate
@@ -172,11 +175,11 @@ class _Mates:
         except TRANSIENT:
             self.give_back(job_id)  # the database is down: its lease runs out and the reconciler takes it
 
-    def give_back(self, job_id: uuid.UUID) -> None:
+    def give_back(self, job_id: uuid.UUID, resend: bool = True) -> None:
         fence = self._held.get(job_id)
         self.done(job_id)  # its heartbeat stops first, or it would renew the lease given back
         if fence is not None:
-            _give_back(job_id, fence)
+            _give_back(job_id, fence, resend)
 
 
 @dataclass
@@ -300,13 +303,15 @@ def _complete_mate(job_id: uuid.UUID, fence: int, job: Loaded, words: list[Word]
     return True
 
 
-def _give_back(job_id: uuid.UUID, fence: int | None = None) -> None:
-    """Release a job this task holds (while ``fence`` is still its token): its own finalize message, or
-    the reconciler's re-send, runs it."""
+def _give_back(job_id: uuid.UUID, fence: int | None = None, resend: bool = True) -> None:
+    """Release a job this task holds (while ``fence`` is still its token): its own finalize message (sent
+    again with ``resend``: it may have come and gone while this task held the job), or the reconciler's
+    re-send, runs it."""
     try:
         with session_scope() as s:
-            requeue_finalize(s, job_id, fence)
-        try_send(send_finalize, [job_id])
+            released = requeue_finalize(s, job_id, fence)
+        if released and resend:
+            try_send(send_finalize, [job_id])
     except TRANSIENT:
         pass  # its lease runs out and the reconciler takes it
 
