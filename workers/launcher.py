@@ -164,7 +164,7 @@ def serve_metrics(specs: list[WorkerSpec], settings: Settings, port: int, host: 
 def embedded_spec(settings: Settings) -> WorkerSpec:
     """The one worker of ``asrq transcribe``: every queue, one process (solo pool), on the embedded broker.
     One pool is enough there: the one-shot runs no beat (no reconcile pass, no sweep) and its jobs have no
-    webhooks, so nothing but its own jobs' work ever reaches this queue."""
+    webhooks, so nothing but its own jobs' work ever reaches these queues."""
     return WorkerSpec(f"local-{os.getppid()}@localhost", list(ALL_QUEUES), {"ASRQ_WARM_ENGINE": "0"}, pool="solo",
                       prefetch=settings.batch_max_requests)
 

@@ -19,13 +19,7 @@ from app.constants import TASK_FINALIZE, pcm_key, transcript_key
 from app.db.models import Chunk, ChunkState, Job, JobState, utcnow
 from app.db.session import session_scope
 from app.errors import PermanentError
-from app.lifecycle import (
-    begin_finalize,
-    begin_finalize_more,
-    complete_job,
-    fail_job,
-    requeue_finalize,
-)
+from app.lifecycle import begin_finalize, begin_finalize_more, complete_job, fail_job, requeue_finalize
 from app.messaging import send_finalize, try_send
 from app.messaging import send_webhook_tries as send_deliveries
 from app.settings import get_settings
