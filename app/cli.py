@@ -165,7 +165,8 @@ def _keys_exist(settings) -> bool:  # noqa: ANN001
 @click.option("--metrics-host", default="127.0.0.1", show_default=True, help="address of --metrics-port")
 def worker(queues: str, gpus: str | None, concurrency: int | None, beat: bool, metrics_port: int | None,
            metrics_host: str) -> None:
-    """Run workers: CPU queues (prepare, finalize, maintenance) or transcribe processes pinned to GPUs."""
+    """Run workers: CPU queues (prepare, finalize, maintenance, reconcile, webhook: the last two each in a pool
+    of its own) or transcribe processes pinned to GPUs."""
     names = [q.strip() for q in queues.split(",") if q.strip()]
     unknown = set(names) - set(ALL_QUEUES)
     if gpus is None and unknown:

@@ -7,9 +7,14 @@ import uuid
 QUEUE_PREPARE = "prepare"
 QUEUE_TRANSCRIBE = "transcribe"
 QUEUE_FINALIZE = "finalize"
-QUEUE_MAINTENANCE = "maintenance"
-ALL_QUEUES = (QUEUE_PREPARE, QUEUE_TRANSCRIBE, QUEUE_FINALIZE, QUEUE_MAINTENANCE)
-CPU_QUEUES = (QUEUE_PREPARE, QUEUE_FINALIZE, QUEUE_MAINTENANCE)
+QUEUE_MAINTENANCE = "maintenance"  # retention
+# The reconciler and the webhook POSTs each have a queue and a pool of their own (workers/launcher.py): a
+# pass must never wait behind prepares or thousands of webhook tries, and a receiver that never answers
+# holds only webhook threads, never a prepare or a finalize.
+QUEUE_RECONCILE = "reconcile"
+QUEUE_WEBHOOK = "webhook"  # deliveries and the sweep that sends the due ones
+ALL_QUEUES = (QUEUE_PREPARE, QUEUE_TRANSCRIBE, QUEUE_FINALIZE, QUEUE_MAINTENANCE, QUEUE_RECONCILE, QUEUE_WEBHOOK)
+CPU_QUEUES = (QUEUE_PREPARE, QUEUE_FINALIZE, QUEUE_MAINTENANCE, QUEUE_RECONCILE, QUEUE_WEBHOOK)
 # broker priority levels (Redis: one list per level, "<queue>\x06\x16<level>" for levels above 0; level 0,
 # the queue's own list, is served first). app/fair_share.py decides each message's level
 PRIORITY_STEPS = tuple(range(10))

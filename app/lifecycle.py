@@ -574,14 +574,17 @@ def begin_finalize(session: Session, job_id: uuid.UUID, max_attempts: int, lease
     return fence
 
 
-def begin_finalize_more(session: Session, exclude: uuid.UUID, limit: int, lease_s: float) -> list[tuple[uuid.UUID, int]]:
-    """Take the leases of up to ``limit`` other FINALIZING jobs that are punctuated, were never taken
-    (first attempt) and are held by nobody, oldest first, skipping rows another worker is locking: a
-    finalize punctuates them with its own job in one model call. Returns (job id, fencing token) pairs."""
+def begin_finalize_more(session: Session, exclude: uuid.UUID, limit: int, lease_s: float,
+                        punc_model: str) -> list[tuple[uuid.UUID, int]]:
+    """Take the leases of up to ``limit`` other FINALIZING jobs punctuated by ``punc_model`` (the one the
+    caller's job uses: only texts of one model share a call, and a mate never makes this worker load a
+    model its own job does not need), that were never taken (first attempt) and are held by nobody, oldest
+    first, skipping rows another worker is locking: a finalize punctuates them with its own job in one
+    model call. Returns (job id, fencing token) pairs."""
     now = utcnow()
     waiting = (select(Job.id)
                .where(Job.state == JobState.FINALIZING, Job.finalize_attempts == 0, Job.lease_until.is_(None),
-                      Job.id != exclude, Job.options["punc_model"].as_string() != "none")
+                      Job.id != exclude, Job.options["punc_model"].as_string() == punc_model)
                .order_by(Job.updated_at).limit(limit).with_for_update(skip_locked=True))
     taken = session.execute(
         update(Job)

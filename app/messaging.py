@@ -25,7 +25,9 @@ from app.constants import (
     QUEUE_FINALIZE,
     QUEUE_MAINTENANCE,
     QUEUE_PREPARE,
+    QUEUE_RECONCILE,
     QUEUE_TRANSCRIBE,
+    QUEUE_WEBHOOK,
     TASK_FINALIZE,
     TASK_MAINTENANCE,
     TASK_PREPARE,
@@ -83,9 +85,9 @@ def celery_conf(settings: Settings) -> dict:
             TASK_PREPARE: {"queue": QUEUE_PREPARE, "routing_key": QUEUE_PREPARE},
             TASK_TRANSCRIBE: {"queue": QUEUE_TRANSCRIBE, "routing_key": QUEUE_TRANSCRIBE},
             TASK_FINALIZE: {"queue": QUEUE_FINALIZE, "routing_key": QUEUE_FINALIZE},
-            TASK_RECONCILE: {"queue": QUEUE_MAINTENANCE, "routing_key": QUEUE_MAINTENANCE},
-            TASK_WEBHOOK: {"queue": QUEUE_MAINTENANCE, "routing_key": QUEUE_MAINTENANCE},
-            TASK_WEBHOOK_SWEEP: {"queue": QUEUE_MAINTENANCE, "routing_key": QUEUE_MAINTENANCE},
+            TASK_RECONCILE: {"queue": QUEUE_RECONCILE, "routing_key": QUEUE_RECONCILE},
+            TASK_WEBHOOK: {"queue": QUEUE_WEBHOOK, "routing_key": QUEUE_WEBHOOK},
+            TASK_WEBHOOK_SWEEP: {"queue": QUEUE_WEBHOOK, "routing_key": QUEUE_WEBHOOK},
             TASK_MAINTENANCE: {"queue": QUEUE_MAINTENANCE, "routing_key": QUEUE_MAINTENANCE},
         },
         # Postgres is the source of truth; a publish that fails is retried, and the reconciler
@@ -177,8 +179,7 @@ def send_webhook_tries(items: list[tuple[str, int]]) -> None:
     app = publisher()
     for delivery_id, n in items:
         try:
-            app.send_task(TASK_WEBHOOK, args=[delivery_id, n], queue=QUEUE_MAINTENANCE,
-                          routing_key=QUEUE_MAINTENANCE)
+            app.send_task(TASK_WEBHOOK, args=[delivery_id, n], queue=QUEUE_WEBHOOK, routing_key=QUEUE_WEBHOOK)
         except Exception as e:  # noqa: BLE001 - the row is durable: the sweep sends it again
             log.warning("webhook delivery=%s not queued (%s); the sweep retries it", delivery_id, type(e).__name__)
             return

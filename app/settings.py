@@ -141,6 +141,12 @@ class Settings(BaseSettings):
     # punctuated jobs one finalize takes together, so their texts go through the punctuation model in one
     # call (measured, a ct-punc-sized model on 2 cores: 8 jobs per call cost 95 ms each, one per call 231 ms)
     finalize_group_max: int = Field(8, ge=1)
+    # ... within bounds, so the mates' work never eats the time limit of the job whose task it is: mates
+    # whose texts would bring the group's past this many characters are given back at once (punctuation and
+    # ITN cost up to ~1.6 ms a character together, 3-4x that on a busy box), and once the task has run this
+    # long no further mate is started (the rest are given back to their own finalize)
+    finalize_group_chars_max: int = Field(20000, ge=0)
+    finalize_group_budget_s: float = Field(120.0, ge=0)
     # how long Redis keeps a message delivered to a worker before handing it to another: it bounds the
     # wait of work whose worker died before taking it. A twin of a still-running task is harmless
     # (leases and claims make it a no-op), so this need not exceed the longest task.
@@ -186,14 +192,17 @@ class Settings(BaseSettings):
     dns_timeout_s: float = Field(5.0, gt=0)
     presign_expiry_s: int = 3600
     # each phase (connect, send, response headers) of the one POST a delivery try makes: a slow receiver
-    # holds a maintenance worker for a few times this, not more
+    # holds one thread of the webhook pool for a few times this, not more
     webhook_timeout_s: float = Field(5.0, gt=0)
+    # webhook tries in flight at once per webhook pool (threads: they wait on the network, not the CPU), so a
+    # receiver that never answers costs its tries' timeouts side by side, not one after another
+    webhook_concurrency: int = Field(32, ge=1)
     # job-end webhooks (app/webhooks.py): the wait before each retry, jittered +-20% (Standard
     # Webhooks' schedule: a receiver down for a day still gets the event), the last wait repeated up to
     # the try limit; then the delivery is failed
     webhook_retry_schedule_s: str = "5,300,1800,7200,18000,36000"
     webhook_max_tries: int = Field(8, ge=1)  # the last try 27-33 hours after the first
-    # how often the maintenance beat sends the deliveries that are due, and how many per run
+    # how often the beat's sweep sends the deliveries that are due, and how many per run
     webhook_sweep_interval_s: float = Field(5.0, gt=0)
     webhook_sweep_batch: int = Field(500, ge=1)
     # Prometheus: how long the API's /metrics reuses its reading of job states and queue depths

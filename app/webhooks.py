@@ -4,11 +4,12 @@ tenant's secret).
 
 The transaction that moves a job to COMPLETED, FAILED or CANCELLED also writes its delivery row
 (app/lifecycle.py, ``note_job_end``), so neither a broker that is down nor a worker that dies can lose it.
-The maintenance beat (``dispatch_due``) sends a message for each row that is due, pushing the row's next
+The beat's sweep (``dispatch_due``) sends a message for each row that is due, pushing the row's next
 try out by a claim period first, so a lost message or a killed worker only delays it; the task
 (workers/tasks/webhook.py, workers/webhooks.py) takes one try (``take_try``, fenced by the try number),
 makes one POST, and records it here (``record_try``), scheduling the next try with backoff and jitter.
-A POST happens only on the maintenance queue: never inside prepare or finalize.
+A POST happens only on the webhook queue, in a pool of its own: never inside prepare, finalize or the
+reconciler.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 # syntax=docker/dockerfile:1
 #
 # asrq CPU image: the HTTP API, `asrq migrate`, the CPU workers (prepare/finalize/maintenance,
-# plus the one beat) and Flower all run from this image; only the command differs.
+# reconcile, webhook, plus the one beat) and Flower all run from this image; only the command differs.
 #
 # Build from the project root (the build context must be the root, not deploy/):
 #   docker build -f deploy/api.Dockerfile -t asrq:local .

@@ -33,7 +33,8 @@ def api_argv(port: int) -> list[str]:
     return [*CLI, "api", "--host", "127.0.0.1", "--port", str(port)]
 
 
-def cpu_worker_argv(concurrency: int = 1, beat: bool = True, queues: str = "prepare,finalize,maintenance",
+def cpu_worker_argv(concurrency: int = 1, beat: bool = True,
+                    queues: str = "prepare,finalize,maintenance,reconcile,webhook",
                     metrics_port: str | None = None) -> list[str]:
     return ([*CLI, "worker", "--queues", queues, "--concurrency", str(concurrency)] + (["--beat"] if beat else [])
             + (["--metrics-port", metrics_port] if metrics_port else []))

@@ -157,3 +157,118 @@ def test_a_grouped_job_that_fails_fails_alone(env, monkeypatch):
     fin.finalize_job(mate2)
     with session_scope() as s:
         assert s.get(Job, mate2).state == JobState.COMPLETED
+
+
+def _state(job_id: uuid.UUID):  # noqa: ANN202
+    from app.db.models import Job
+    from app.db.session import session_scope
+
+    with session_scope() as s:
+        j = s.get(Job, job_id)
+        return j.state, j.lease_until, j.finalize_attempts, j.error
+
+
+def test_a_mate_whose_punctuation_model_is_missing_does_not_fail_the_task_job(env):
+    """Issue 17 finding 2: a waiting job that names a punctuation model this worker lacks never fails the
+    finalize that would take it along: the task's own job completes, and the other job gets its own clear
+    outcome (FAILED with the missing model named) from its own finalize."""
+    from app.db.models import JobState
+    from workers.tasks import finalize as fin
+
+    lead = _finalizing_job("tiny-punc", seed=1)
+    missing = _finalizing_job("no-such-punc", seed=2)
+    good = _finalizing_job("tiny-punc", seed=3)
+    fin.finalize.apply(args=[str(lead)])  # the task, with its retry policy (tasks/policy.run_job_step)
+    assert _state(lead)[0] == JobState.COMPLETED, _state(lead)
+    assert _state(good)[0] == JobState.COMPLETED
+    state, lease, attempts, _ = _state(missing)
+    assert (state, lease, attempts) == (JobState.FINALIZING, None, 0)  # not held by anyone: free for its own
+    fin.finalize.apply(args=[str(missing)])
+    state, _, _, error = _state(missing)
+    assert state == JobState.FAILED and "'no-such-punc' is not installed" in error
+
+
+def test_each_mates_error_is_its_own(env, monkeypatch):
+    """A mate whose rows cannot be read fails with its reason, one whose text the model chokes on fails
+    alone (the others' texts are punctuated again without it), one whose ITN meets a transient error is
+    given back to be finalized again; the task's own job and a sound mate complete."""
+    from app.db.models import JobState
+    from app.errors import PermanentError
+    from workers.tasks import finalize as fin
+
+    lead = _finalizing_job("tiny-punc", seed=1)
+    unreadable, choking, flaky, sound = (_finalizing_job("tiny-punc", seed=s) for s in (2, 3, 4, 5))
+    real_load, real_punctuate, real_normalize = fin._load, fin.punctuate, fin.normalize_words
+    texts: dict = {}
+
+    def plain(text: str) -> str:  # a text without the marks punctuation adds
+        return "".join(c for c in text if c.isalnum()).lower()
+
+    def load(job_id):  # noqa: ANN001, ANN202
+        if job_id == unreadable:
+            raise PermanentError("the chunk results of this job cannot be read")
+        loaded = real_load(job_id)
+        texts[job_id] = plain(loaded.chunks[0].text)
+        return loaded
+
+    def punctuate(model, words):  # noqa: ANN001, ANN202
+        if any(plain("".join(w.word for w in t)) == texts[choking] for t in words):
+            raise RuntimeError("this text breaks the model")
+        return real_punctuate(model, words)
+
+    def normalize_words(words, char_level):  # noqa: ANN001, ANN202
+        if plain("".join(w.word for w in words)) == texts[flaky]:
+            raise ConnectionError("the ITN service blinked")
+        return real_normalize(words, char_level)
+
+    monkeypatch.setattr(fin, "_load", load)
+    monkeypatch.setattr(fin, "punctuate", punctuate)
+    monkeypatch.setattr(fin, "normalize_words", normalize_words)
+    fin.finalize.apply(args=[str(lead)])
+    assert _state(lead)[0] == _state(sound)[0] == JobState.COMPLETED, (_state(lead), _state(sound))
+    state, _, _, error = _state(unreadable)
+    assert state == JobState.FAILED and "cannot be read" in error
+    state, _, _, error = _state(choking)
+    assert state == JobState.FAILED and "internal error (RuntimeError)" in error
+    assert _state(flaky)[:3] == (JobState.FINALIZING, None, 0)  # given back, its attempt returned
+    monkeypatch.setattr(fin, "normalize_words", real_normalize)
+    fin.finalize.apply(args=[str(flaky)])
+    assert _state(flaky)[0] == JobState.COMPLETED
+
+
+@pytest.mark.parametrize("bound", ["chars", "time"])
+def test_the_mates_work_is_bounded(env, monkeypatch, bound):
+    """The mates never eat the task's own time limit: mates whose texts would bring the group past
+    ASRQ_FINALIZE_GROUP_CHARS_MAX ride alone, and once the task has run ASRQ_FINALIZE_GROUP_BUDGET_S no
+    further mate is started. Those left out are given back (free, first attempt) for their own finalize."""
+    from app.db.models import JobState
+    from app.settings import get_settings
+    from workers.tasks import finalize as fin
+
+    calls: list[int] = []
+    real = fin.punctuate
+    monkeypatch.setattr(fin, "punctuate", lambda model, texts: calls.append(len(texts)) or real(model, texts))
+    lead = _finalizing_job("tiny-punc", seed=1)
+    mates = [_finalizing_job("tiny-punc", n_words=40, seed=2 + i) for i in range(3)]
+    if bound == "chars":
+        chars = [sum(len(c.text) for c in fin._load(m).chunks) for m in mates]
+        assert 2 * min(chars) > max(chars)
+        monkeypatch.setenv("ASRQ_FINALIZE_GROUP_CHARS_MAX", str(max(chars)))  # room for exactly one mate
+    else:
+        monkeypatch.setenv("ASRQ_FINALIZE_GROUP_BUDGET_S", "0")
+    get_settings.cache_clear()
+    fin.finalize.apply(args=[str(lead)])
+    assert _state(lead)[0] == JobState.COMPLETED
+    done = [m for m in mates if _state(m)[0] == JobState.COMPLETED]
+    left = [m for m in mates if _state(m)[:3] == (JobState.FINALIZING, None, 0)]
+    assert (len(done), len(left)) == ((1, 2) if bound == "chars" else (0, 3)), [_state(m) for m in mates]
+    assert calls == ([2] if bound == "chars" else [1])
+    # one left out for its size was held a moment only: its own message is still to come, none is added (a
+    # long job would otherwise collect one from every finalize that takes it); one left out when the time
+    # was up may have seen its message come and go meanwhile: it gets another
+    from app.messaging import queue_depths
+
+    assert queue_depths(get_settings())["finalize"] == (0 if bound == "chars" else 3)
+    for m in left:
+        fin.finalize.apply(args=[str(m)])
+    assert all(_state(m)[0] == JobState.COMPLETED for m in mates)

@@ -176,17 +176,18 @@ def test_queue_depth_counts_every_priority_level(tmp_path):
         r.rpush("transcribe", "d")
         r.close()
         assert queue_depths(Settings(broker_url=url)) == {"prepare": 3, "transcribe": 1, "finalize": 0,
-                                                          "maintenance": 0}
+                                                          "maintenance": 0, "reconcile": 0, "webhook": 0}
     # the filesystem broker (embedded mode): real messages sent by the Celery app
     from workers.celery_app import make_celery
 
     fs = Settings(home=tmp_path, broker_url=f"filesystem://{tmp_path / 'broker'}")
     app = make_celery(fs)
-    for queue, n in (("finalize", 2), ("maintenance", 1)):
+    for queue, n in (("finalize", 2), ("maintenance", 1), ("webhook", 3)):
         for _ in range(n):
             app.send_task("asrq.finalize", args=["x"], queue=queue, routing_key=queue)
     app.close()
-    assert queue_depths(fs) == {"prepare": 0, "transcribe": 0, "finalize": 2, "maintenance": 1}
+    assert queue_depths(fs) == {"prepare": 0, "transcribe": 0, "finalize": 2, "maintenance": 1, "reconcile": 0,
+                                "webhook": 3}
 
 
 # ---- the whole stack: these run last, so the tests above never share its Redis db with it ----------------------
@@ -223,7 +224,7 @@ def test_scraped_numbers_match_the_database(stack):
         assert total(cpu, "asrq_jobs_failed_total", tenant="acme", engine="whisper") == db["by_state"][JobState.FAILED]
         assert total(cpu, "asrq_webhook_deliveries_total", outcome="delivered") == db["delivered"] == 2
         queues = {dict(ls)["queue"] for (n, ls) in api if n == "asrq_queue_depth"}
-        assert queues == {"prepare", "transcribe", "finalize", "maintenance"}
+        assert queues == {"prepare", "transcribe", "finalize", "maintenance", "reconcile", "webhook"}
         assert total(api, "asrq_queue_depth", queue="prepare") == 0
 
         # histograms: one observation per job or per batch, sums as the database has them

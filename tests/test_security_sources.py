@@ -383,7 +383,7 @@ def test_finalize_only_enqueues_the_webhook(embedded, servers):
     messages = [json.loads(p.read_text()) for p in (embedded / "broker" / "queue").glob("*") if p.is_file()]
     hooks = [m for m in messages if m["headers"]["task"] == "asrq.webhook"]
     assert len(hooks) == 1
-    assert hooks[0]["properties"]["delivery_info"]["routing_key"] == "maintenance"
+    assert hooks[0]["properties"]["delivery_info"]["routing_key"] == "webhook"  # its own queue and pool
     args, _, _ = json.loads(base64.b64decode(hooks[0]["body"]))
     assert args == [str(delivery.id), 1]
 

@@ -48,7 +48,9 @@ def make_celery(settings: Settings | None = None) -> Celery:
             TASK_RECONCILE: {"time_limit": 300, "soft_time_limit": 240},
             # bounded batches, each committed on its own: a run cut short loses at most one batch's work
             TASK_MAINTENANCE: {"time_limit": 600, "soft_time_limit": 540},
-            # one POST is bounded by its timeouts, but name resolution is not (getaddrinfo has no timeout)
+            # one POST is bounded by its timeouts, but name resolution is not (getaddrinfo has no timeout).
+            # The webhook pool runs threads, where Celery enforces no limit: there each try is bounded by
+            # ASRQ_WEBHOOK_TIMEOUT_S, and a try whose thread never comes back comes due again after its claim
             TASK_WEBHOOK: {"time_limit": 60 + 4 * settings.webhook_timeout_s,
                            "soft_time_limit": 30 + 4 * settings.webhook_timeout_s},
             TASK_WEBHOOK_SWEEP: {"time_limit": 120, "soft_time_limit": 90},
@@ -58,7 +60,10 @@ def make_celery(settings: Settings | None = None) -> Celery:
         # workers cancel long-running tasks on connection loss so they are redelivered, not duplicated
         worker_cancel_long_running_tasks_on_connection_loss=True,
         beat_schedule={
-            "reconcile": {"task": TASK_RECONCILE, "schedule": settings.reconcile_interval_s},
+            # on a queue and a one-process pool of its own (workers/launcher.py), so it never waits behind
+            # prepares or webhook tries; a pass still queued when the next is due is redundant: it expires
+            "reconcile": {"task": TASK_RECONCILE, "schedule": settings.reconcile_interval_s,
+                          "options": {"expires": max(10.0, 2 * settings.reconcile_interval_s)}},
             # job-end webhooks live in Postgres: each beat sends the ones that are due (app/webhooks.py)
             "webhooks": {"task": TASK_WEBHOOK_SWEEP, "schedule": settings.webhook_sweep_interval_s,
                          # a sweep still queued when the next is due is redundant: it expires

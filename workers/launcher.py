@@ -21,7 +21,7 @@ import time
 from dataclasses import dataclass
 
 from app.catalog.plugins import check_engine_setting
-from app.constants import ALL_QUEUES, QUEUE_TRANSCRIBE
+from app.constants import ALL_QUEUES, QUEUE_PREPARE, QUEUE_RECONCILE, QUEUE_TRANSCRIBE, QUEUE_WEBHOOK
 from app.settings import Settings, get_settings
 
 log = logging.getLogger("asrq.launcher")
@@ -82,6 +82,32 @@ def transcribe_specs(gpus: str, settings: Settings) -> list[WorkerSpec]:
     ]
 
 
+def cpu_specs(names: list[str], concurrency: int | None, beat: bool, settings: Settings) -> list[WorkerSpec]:
+    """The CPU queues asked for, in pools of their own: the reconciler and the webhook POSTs never share a
+    pool (or a queue) with prepare and finalize, so a receiver that never answers holds webhook threads
+    only, and a reconcile pass never waits behind a prepare or thousands of webhook tries."""
+    host = os.uname().nodename
+    work = [q for q in names if q not in (QUEUE_RECONCILE, QUEUE_WEBHOOK)]
+    specs = []
+    if work:
+        warm = {"ASRQ_WARM_VAD": "1"} if QUEUE_PREPARE in work else {}
+        specs.append(WorkerSpec(f"cpu@{host}", work, warm, concurrency=concurrency or os.cpu_count() or 1))
+    if QUEUE_RECONCILE in names:
+        # one process: passes never overlap; prefork, so the pass's time limit is enforced
+        specs.append(WorkerSpec(f"reconcile@{host}", [QUEUE_RECONCILE], {}, concurrency=1))
+    if QUEUE_WEBHOOK in names:
+        # threads: each try waits on the network (bounded by ASRQ_WEBHOOK_TIMEOUT_S), so many wait side by side
+        specs.append(WorkerSpec(f"webhook@{host}", [QUEUE_WEBHOOK], {}, pool="threads",
+                                concurrency=settings.webhook_concurrency))
+    if beat and specs:
+        # with the reconciler when it runs here: the schedule lives in the smallest, steadiest process
+        next((sp for sp in specs if sp.queues == [QUEUE_RECONCILE]), specs[0]).beat = True
+        if QUEUE_RECONCILE not in names:
+            log.warning("--beat without the %r queue: run a worker with it somewhere, or no lost message is "
+                        "ever re-sent", QUEUE_RECONCILE)
+    return specs
+
+
 def supervise(specs: list[WorkerSpec], settings: Settings) -> int:
     procs: dict[str, subprocess.Popen] = {}
     stopping = False
@@ -136,7 +162,9 @@ def serve_metrics(specs: list[WorkerSpec], settings: Settings, port: int, host: 
 
 
 def embedded_spec(settings: Settings) -> WorkerSpec:
-    """The one worker of ``asrq transcribe``: every queue, one process (solo pool), on the embedded broker."""
+    """The one worker of ``asrq transcribe``: every queue, one process (solo pool), on the embedded broker.
+    One pool is enough there: the one-shot runs no beat (no reconcile pass, no sweep) and its jobs have no
+    webhooks, so nothing but its own jobs' work ever reaches these queues."""
     return WorkerSpec(f"local-{os.getppid()}@localhost", list(ALL_QUEUES), {"ASRQ_WARM_ENGINE": "0"}, pool="solo",
                       prefetch=settings.batch_max_requests)
 
@@ -163,9 +191,9 @@ def main(argv: list[str] | None = None) -> int:
         specs = transcribe_specs(args.gpus, settings)
     else:
         names = [q.strip() for q in (args.queues or "").split(",") if q.strip()]
-        warm = {"ASRQ_WARM_VAD": "1"} if "prepare" in names else {}
-        specs = [WorkerSpec(f"cpu@{os.uname().nodename}", names, warm,
-                            concurrency=args.concurrency or os.cpu_count() or 1, beat=args.beat)]
+        specs = cpu_specs(names, args.concurrency, args.beat, settings)
+        if not specs:
+            raise SystemExit("no queues to consume: name some with --queues")
     if args.metrics_port is not None:
         serve_metrics(specs, settings, args.metrics_port, args.metrics_host)
     return supervise(specs, settings)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import os
 import random
+import re
 import signal
 import subprocess
 import threading
@@ -35,7 +36,7 @@ class Fleet:
             "api": api_argv(self.api_port),
             "cpu": cpu_worker_argv(self.cpu_concurrency, beat=False),
             "gpu": transcribe_worker_argv(),
-            "beat": cpu_worker_argv(1, beat=True, queues="maintenance"),
+            "beat": cpu_worker_argv(1, beat=True, queues="maintenance,reconcile,webhook"),
         }[name]
 
     def start(self, name: str) -> None:
@@ -61,12 +62,15 @@ class Fleet:
             if n == "api":
                 self.stack.wait_api(timeout_s)
             else:
-                def ready(p=p, off=since.get(n, 0)) -> bool:  # noqa: ANN001
+                # a CPU launcher starts a pool per kind of work (workers/launcher.py): wait for the main one
+                pattern = rb"cpu@\S+ ready\." if n in ("cpu", "beat") else rb" ready\."
+
+                def ready(p=p, off=since.get(n, 0), pattern=pattern) -> bool:  # noqa: ANN001
                     if not p.alive():
                         raise RuntimeError(f"{p.name} exited\n{p.tail()}")
                     with open(p.log, "rb") as f:
                         f.seek(off)
-                        return b" ready." in f.read()
+                        return re.search(pattern, f.read()) is not None
                 wait_until(ready, timeout_s, interval_s=0.5, what=f"{n} ready\n{p.tail()}")
 
     def mark(self, line: str) -> None:

@@ -7,9 +7,9 @@ import time
 import uuid
 from collections import Counter
 from concurrent.futures import wait
-from contextlib import ExitStack
 from dataclasses import dataclass
 
+from celery.exceptions import SoftTimeLimitExceeded
 from sqlalchemy import select
 
 from app import metrics
@@ -68,30 +68,112 @@ def finalize_job(job_id: uuid.UUID) -> None:
         # one call. Only first attempts are grouped; a job that needs another attempt (its finalize died)
         # runs alone, so whatever kills a worker is charged to its group once at most.
         mates: list[tuple[uuid.UUID, int]] = []
-        if (attempt == 1 and job is not None and settings.finalize_group_max > 1
-                and (job.options.get("punc_model") or NO_PUNCTUATION) != NO_PUNCTUATION):
-            mates = begin_finalize_more(s, job_id, settings.finalize_group_max - 1, settings.reconcile_stale_s)
-    held = [(job_id, attempt)] + mates
+        punc_model = (job.options.get("punc_model") or NO_PUNCTUATION) if job is not None else NO_PUNCTUATION
+        if attempt == 1 and settings.finalize_group_max > 1 and punc_model != NO_PUNCTUATION:
+            mates = begin_finalize_more(s, job_id, settings.finalize_group_max - 1, settings.reconcile_stale_s,
+                                        punc_model)
     t0 = time.monotonic()
-    finished: set[uuid.UUID] = set()
-    try:
-        with ExitStack() as leases:
-            for jid, att in held:
-                leases.enter_context(JobLease(jid, JobState.FINALIZING, att, settings.reconcile_stale_s,
-                                              settings.finalize_time_limit_s))
-            loaded = {jid: _load(jid) for jid, _ in held}
-            restored = restore_all(loaded)
-            for jid, att in held:
-                if jid == job_id:  # the task's own job: its errors go to the task's retry policy
-                    _complete(jid, att, loaded[jid], restored[jid], settings, t0)
-                else:
-                    _complete_mate(jid, att, loaded[jid], restored[jid], settings, t0)
-                finished.add(jid)
-    finally:
-        # the task's own job failed before its mates were done: they are given back, not left to a lease
+    with JobLease(job_id, JobState.FINALIZING, attempt, settings.reconcile_stale_s, settings.finalize_time_limit_s), \
+            _Mates(mates, settings) as group:
+        # the task's own job: its errors go to the task's retry policy (and its mates are given back)
+        loaded = {job_id: _load(job_id)}
+        mates_chars = 0
         for jid, _ in mates:
-            if jid not in finished:
-                _give_back(jid)
+            # each mate's steps run under _Mates.run: whatever goes wrong is that mate's outcome alone
+            if group.over_budget(t0):
+                break  # the rest are given back on the way out
+            mate = group.run(jid, _load, jid)
+            if mate is None:
+                continue
+            if mates_chars + mate.text_chars > settings.finalize_group_chars_max:
+                # too long to ride along: its own finalize runs it alone. Held only this moment, so its own
+                # message is still to come (were it lost, the reconciler sends another): none is added, or a
+                # long job would collect one from every finalize that takes it and gives it back
+                group.give_back(jid, resend=False)
+                continue
+            mates_chars += mate.text_chars
+            loaded[jid] = mate
+        punctuated = punctuate_all(loaded)
+        own = punctuated[job_id]
+        if isinstance(own, BaseException):
+            raise own
+        _complete(job_id, attempt, loaded[job_id], normalize(loaded[job_id], own), settings, t0)
+        for jid, fence in mates:
+            if jid not in loaded or not group.holds(jid):
+                continue
+            if group.over_budget(t0):
+                break
+            if group.run(jid, _complete_mate, jid, fence, loaded[jid], punctuated[jid], settings, t0):
+                group.done(jid)
+
+
+class _Mates:
+    """The jobs a finalize took along with its own (their leases renewed while it holds them), and what
+    became of each. A mate's error is its own: a permanent one fails that mate with its reason, a transient
+    one gives it back to be finalized again by its own message, and neither touches the task's own job
+    or the other mates. Mates still held on the way out (the own job failed first, the budget ran out) are
+    given back, not left to a lease."""
+
+    def __init__(self, mates: list[tuple[uuid.UUID, int]], settings) -> None:  # noqa: ANN001
+        self._settings = settings
+        self._held = dict(mates)  # job id -> fencing token, while this task still holds the job
+        self._leases = {jid: JobLease(jid, JobState.FINALIZING, fence, settings.reconcile_stale_s,
+                                      settings.finalize_time_limit_s) for jid, fence in mates}
+
+    def __enter__(self) -> "_Mates":
+        for lease in self._leases.values():
+            lease.__enter__()
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        for job_id in list(self._held):
+            self.give_back(job_id)
+
+    def holds(self, job_id: uuid.UUID) -> bool:
+        return job_id in self._held
+
+    def over_budget(self, t0: float) -> bool:
+        """The task has run long enough: no further mate is started (its own finalize will run it)."""
+        return bool(self._held) and time.monotonic() - t0 >= self._settings.finalize_group_budget_s
+
+    def run(self, job_id: uuid.UUID, step, *args):  # noqa: ANN001, ANN202
+        """``step(*args)`` for one mate; its value, or None when the step failed (the mate's outcome is
+        settled here). The task's own time limit is not the mate's: it goes up, and the mates still held are
+        given back."""
+        try:
+            return step(*args)
+        except SoftTimeLimitExceeded:
+            raise
+        except PermanentError as e:
+            self._fail(job_id, str(e))
+        except TRANSIENT as e:
+            log.warning("job=%s finalize (grouped) transient error %s; given back", job_id, type(e).__name__)
+            self.give_back(job_id)
+        except Exception as e:  # noqa: BLE001 - a bug in one job's transcript must not fail its group
+            log.exception("job=%s finalize (grouped) failed unexpectedly", job_id)
+            self._fail(job_id, f"finalizing the transcript failed: internal error ({type(e).__name__})")
+        return None
+
+    def done(self, job_id: uuid.UUID) -> None:
+        """This task has no more business with the mate: its heartbeat stops."""
+        self._held.pop(job_id, None)
+        lease = self._leases.pop(job_id, None)
+        if lease is not None:
+            lease.__exit__(None, None, None)
+
+    def _fail(self, job_id: uuid.UUID, reason: str) -> None:
+        try:
+            with session_scope() as s:
+                fail_job(s, job_id, reason)
+            self.done(job_id)
+        except TRANSIENT:
+            self.give_back(job_id)  # the database is down: its lease runs out and the reconciler takes it
+
+    def give_back(self, job_id: uuid.UUID, resend: bool = True) -> None:
+        fence = self._held.get(job_id)
+        self.done(job_id)  # its heartbeat stops first, or it would renew the lease given back
+        if fence is not None:
+            _give_back(job_id, fence, resend)
 
 
 @dataclass
@@ -106,6 +188,10 @@ class Loaded:
     punc_model: str
     itn: bool
     char_level: bool
+
+    @property
+    def text_chars(self) -> int:
+        return sum(len(c.text) for c in self.chunks)
 
 
 def _load(job_id: uuid.UUID) -> Loaded:
@@ -123,24 +209,70 @@ def _load(job_id: uuid.UUID) -> Loaded:
 
 
 def restore_all(jobs: dict[uuid.UUID, Loaded]) -> dict[uuid.UUID, list[Word]]:
-    """Every job's whole timeline, punctuated and normalized once (never per chunk); the texts of jobs
-    with the same punctuation model go through it in one call."""
+    """Every job's whole timeline, punctuated and normalized once (never per chunk). Raises the first
+    job's error: for a group whose errors must stay apart, ``punctuate_all`` and ``normalize``."""
+    out = {}
+    for jid, words in punctuate_all(jobs).items():
+        if isinstance(words, BaseException):
+            raise words
+        out[jid] = normalize(jobs[jid], words)
+    return out
+
+
+def punctuate_all(jobs: dict[uuid.UUID, Loaded]) -> dict[uuid.UUID, list[Word] | Exception]:
+    """Every job's whole timeline, punctuated once (never per chunk): the texts of jobs with the same
+    punctuation model go through it in one call. A job's value is the error it met instead, its own: a
+    model that cannot be loaded is the error of the jobs that name it, and a call that fails for the
+    group is made again for each text alone, so the error lands on the text that causes it."""
     t0 = time.monotonic()
-    words = {jid: absolute_words(j.chunks, j.duration_s) for jid, j in jobs.items()}
+    words: dict[uuid.UUID, list[Word] | Exception] = {}
     by_model: dict[str, list[uuid.UUID]] = {}
     for jid, j in jobs.items():
+        try:
+            words[jid] = absolute_words(j.chunks, j.duration_s)
+        except SoftTimeLimitExceeded:
+            raise
+        except Exception as e:  # noqa: BLE001 - this job's, handed to its owner
+            words[jid] = e
+            continue
         if j.punc_model != NO_PUNCTUATION and words[jid] and not punctuates_itself(words[jid]):
             by_model.setdefault(j.punc_model, []).append(jid)
     for name, ids in by_model.items():
-        for jid, punctuated in zip(ids, punctuate(get_punc_model(name), [words[jid] for jid in ids])):
-            words[jid] = punctuated
-    t1 = time.monotonic()
-    for jid, j in jobs.items():
-        if j.itn and words[jid]:
-            words[jid] = normalize_words(words[jid], j.char_level)
-    log.info("jobs=%d punctuated=%d punctuation_s=%.3f itn_s=%.3f", len(jobs), sum(map(len, by_model.values())),
-             t1 - t0, time.monotonic() - t1)
+        try:
+            model = get_punc_model(name)
+        except SoftTimeLimitExceeded:
+            raise
+        except Exception as e:  # noqa: BLE001 - the error of every job that names this model
+            words.update((jid, e) for jid in ids)
+            continue
+        try:
+            words.update(zip(ids, punctuate(model, [words[jid] for jid in ids])))
+        except SoftTimeLimitExceeded:
+            raise
+        except Exception as e:  # noqa: BLE001 - whose it is, each text alone tells
+            if len(ids) == 1:
+                words[ids[0]] = e
+                continue
+            for jid in ids:
+                try:
+                    words[jid] = punctuate(model, [words[jid]])[0]
+                except SoftTimeLimitExceeded:
+                    raise
+                except Exception as e1:  # noqa: BLE001 - this job's alone
+                    words[jid] = e1
+    log.info("jobs=%d punctuated=%d punctuation_s=%.3f", len(jobs), sum(map(len, by_model.values())),
+             time.monotonic() - t0)
     return words
+
+
+def normalize(job: Loaded, words: list[Word]) -> list[Word]:
+    """Inverse text normalization of one job's punctuated timeline, where its options and language ask."""
+    if not (job.itn and words):
+        return words
+    t0 = time.monotonic()
+    out = normalize_words(words, job.char_level)
+    log.info("job=%s words=%d itn_s=%.3f", job.job_id, len(words), time.monotonic() - t0)
+    return out
 
 
 def _complete(job_id: uuid.UUID, attempt: int, job: Loaded, words: list[Word], settings, t0: float) -> None:  # noqa: ANN001
@@ -155,29 +287,25 @@ def _complete(job_id: uuid.UUID, attempt: int, job: Loaded, words: list[Word], s
     send_deliveries(due)
 
 
-def _complete_mate(job_id: uuid.UUID, attempt: int, job: Loaded, words: list[Word], settings, t0: float) -> None:  # noqa: ANN001
-    """A job taken along with the task's own: what its own task's policy would do on an error, done here,
-    so one job's failure is its own."""
-    try:
-        _complete(job_id, attempt, job, words, settings, t0)
-    except PermanentError as e:
-        with session_scope() as s:
-            fail_job(s, job_id, str(e))
-    except TRANSIENT as e:
-        log.warning("job=%s finalize (grouped) transient error %s; given back", job_id, type(e).__name__)
-        _give_back(job_id)
-    except Exception as e:  # noqa: BLE001 - a bug in one job's transcript must not fail its group
-        log.exception("job=%s finalize (grouped) failed unexpectedly", job_id)
-        with session_scope() as s:
-            fail_job(s, job_id, f"finalizing the transcript failed: internal error ({type(e).__name__})")
+def _complete_mate(job_id: uuid.UUID, fence: int, job: Loaded, words: list[Word] | Exception, settings,  # noqa: ANN001
+                   t0: float) -> bool:
+    """A mate's own finalize, from its punctuated words (or the error it met there) on; its errors are its
+    own (``_Mates.run``)."""
+    if isinstance(words, BaseException):
+        raise words
+    _complete(job_id, fence, job, normalize(job, words), settings, t0)
+    return True
 
 
-def _give_back(job_id: uuid.UUID) -> None:
-    """Release a job this task holds: its own finalize message, or the reconciler's re-send, runs it."""
+def _give_back(job_id: uuid.UUID, fence: int | None = None, resend: bool = True) -> None:
+    """Release a job this task holds (while ``fence`` is still its token): its own finalize message (sent
+    again with ``resend``: it may have come and gone while this task held the job), or the reconciler's
+    re-send, runs it."""
     try:
         with session_scope() as s:
-            requeue_finalize(s, job_id)
-        try_send(send_finalize, [job_id])
+            released = requeue_finalize(s, job_id, fence)
+        if released and resend:
+            try_send(send_finalize, [job_id])
     except TRANSIENT:
         pass  # its lease runs out and the reconciler takes it
 

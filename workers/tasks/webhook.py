@@ -1,6 +1,7 @@
-"""webhook tasks, on the maintenance queue so a slow receiver never holds the workers that prepare and
-finalize jobs: the beat's sweep sends the deliveries that are due, and each delivery task makes one
-signed POST and schedules the next try (workers/webhooks.py, app/webhooks.py). Neither raises: the rows carry every retry."""
+"""webhook tasks, on a queue and a thread pool of their own (workers/launcher.py), so a slow receiver never
+holds the workers that prepare and finalize jobs, nor delays a reconcile pass: the beat's sweep sends the
+deliveries that are due, and each delivery task makes one signed POST and schedules the next try
+(workers/webhooks.py, app/webhooks.py). Neither raises: the rows carry every retry."""
 
 from __future__ import annotations
 
