@@ -134,7 +134,7 @@ _NEEDS_MESSAGE = {
     TASK_FINALIZE: (Job, (JobState.FINALIZING,)),
 }
 PRUNE_PAGE = 1000
-PRUNE_BUDGET_S = 0.6  # per pass, all tasks together
+PRUNE_BUDGET_S = 0.3  # per pass, all tasks together
 
 
 def prune_sent_index(settings) -> int:  # noqa: ANN001
