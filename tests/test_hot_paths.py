@@ -1,0 +1,93 @@
+"""Issue 18 item 6: no hot path reads the whole jobs or chunks table. Each one runs for real (the API's GET,
+list, bulk status and /metrics; fair-share standings; a reconcile pass; the retention sweep) while every
+statement it sends is recorded; each statement on jobs or chunks is then planned again with sequential
+scans priced out (``enable_seqscan = off``), so a plan that still scans a whole table has no index to use.
+A small table cannot show it otherwise: on a few rows the planner prefers the sequential scan anyway."""
+
+from __future__ import annotations
+
+import json
+import re
+import uuid
+from datetime import timedelta
+
+from sqlalchemy import event
+from sqlalchemy.engine import Engine
+
+from tests.pg_api import complete, pg_api, prepare, run_batch  # noqa: F401  (pg_api: fixture)
+
+_TABLES = re.compile(r"\b(jobs|chunks)\b")
+
+
+def _seq_scans(plan: dict) -> list[str]:
+    out = []
+    if plan.get("Node Type") == "Seq Scan" and plan.get("Relation Name") in ("jobs", "chunks"):
+        out.append(f"{plan['Relation Name']} (filter: {plan.get('Filter', '-')})")
+    for sub in plan.get("Plans", []):
+        out += _seq_scans(sub)
+    return out
+
+
+def test_no_hot_path_scans_jobs_or_chunks(pg_api):
+    from app.db.models import utcnow
+    from app.db.session import session_scope
+    from app.fair_share import read_standings
+    from app.settings import get_settings
+    from workers.tasks.maintenance import maintain_once
+    from workers.tasks.reconcile import reconcile_once
+
+    _, ids = pg_api.batch(12)
+    chunks = prepare(ids[0], [5.0, 5.0])
+    run_batch(chunks, 0.1)
+    complete(ids[0], at=utcnow() - timedelta(days=400))
+    prepare(ids[1], [5.0])
+
+    seen: list[tuple[str, object]] = []
+
+    def record(conn, cursor, statement, parameters, context, executemany):  # noqa: ANN001, ARG001
+        if not executemany and _TABLES.search(statement) and statement.lstrip().upper().startswith(
+                ("SELECT", "UPDATE", "DELETE", "WITH")):
+            seen.append((statement, parameters))
+
+    event.listen(Engine, "before_cursor_execute", record)
+    try:
+        assert pg_api.get(f"/v1/jobs/{ids[2]}").status_code == 200
+        assert pg_api.get("/v1/jobs", limit=5).status_code == 200
+        r = pg_api.get("/v1/jobs", limit=5)
+        assert pg_api.get("/v1/jobs", limit=5, cursor=r.json()["next_cursor"]).status_code == 200
+        assert pg_api.get("/v1/jobs", state="QUEUED", limit=5).status_code == 200
+        assert pg_api.post("/v1/jobs/status", {"ids": ids[:5] + [str(uuid.uuid4())]}).status_code == 200
+        pg_api.c.app.state.settings.metrics_token = "scrape"  # the test client is not on loopback
+        assert pg_api.c.get("/metrics", headers={"Authorization": "Bearer scrape"}).status_code == 200
+        with session_scope() as s:
+            read_standings(s, [pg_api.tenant, pg_api.other], get_settings())
+        reconcile_once()
+        maintain_once()
+    finally:
+        event.remove(Engine, "before_cursor_execute", record)
+    assert len(seen) >= 10, seen
+    # the check itself finds a scan where there is one: no index serves a lookup by source URI
+    probe = "SELECT jobs.id FROM jobs WHERE jobs.source_uri = %(u)s"
+    seen.append((probe, {"u": "s3://x/y.wav"}))
+
+    from sqlalchemy import create_engine
+
+    engine = create_engine(get_settings().database_url)
+    raw = engine.raw_connection()
+    scans = {}
+    try:
+        cur = raw.cursor()
+        cur.execute("SET enable_seqscan = off")
+        for statement, params in seen:
+            cur.execute("EXPLAIN (FORMAT JSON) " + statement, params)
+            plan = cur.fetchone()[0]
+            plan = plan if isinstance(plan, list) else json.loads(plan)
+            if found := _seq_scans(plan[0]["Plan"]):
+                scans[" ".join(statement.split())[:300]] = found
+        raw.rollback()
+    finally:
+        raw.close()
+        engine.dispose()
+    assert scans.pop(probe, None), "a lookup with no index was not seen as a sequential scan"
+    print(f"{len(seen) - 1} statements on jobs or chunks planned")
+    assert not scans, json.dumps(scans, indent=1)
