@@ -19,6 +19,11 @@ from tests.pg_api import complete, pg_api, prepare, run_batch  # noqa: F401  (pg
 _TABLES = re.compile(r"\b(jobs|chunks)\b")
 
 
+def _index_conds(plan: dict) -> list[str]:
+    own = [plan["Index Cond"]] if "Index Cond" in plan else []
+    return own + [c for sub in plan.get("Plans", []) for c in _index_conds(sub)]
+
+
 def _seq_scans(plan: dict) -> list[str]:
     out = []
     if plan.get("Node Type") == "Seq Scan" and plan.get("Relation Name") in ("jobs", "chunks"):
@@ -78,12 +83,16 @@ def test_no_hot_path_scans_jobs_or_chunks(pg_api):
     try:
         cur = raw.cursor()
         cur.execute("SET enable_seqscan = off")
+        pages = []
         for statement, params in seen:
             cur.execute("EXPLAIN (FORMAT JSON) " + statement, params)
             plan = cur.fetchone()[0]
             plan = plan if isinstance(plan, list) else json.loads(plan)
             if found := _seq_scans(plan[0]["Plan"]):
                 scans[" ".join(statement.split())[:300]] = found
+            bare = " ".join(re.sub(r"[(),]|jobs\.id", " ", statement).split())
+            if "ORDER BY jobs.created_at DESC" in statement and "jobs.created_at <" in bare:  # a page after a cursor
+                pages.append(_index_conds(plan[0]["Plan"]))
         raw.rollback()
     finally:
         raw.close()
@@ -91,6 +100,8 @@ def test_no_hot_path_scans_jobs_or_chunks(pg_api):
     assert scans.pop(probe, None), "a lookup with no index was not seen as a sequential scan"
     print(f"{len(seen) - 1} statements on jobs or chunks planned")
     assert not scans, json.dumps(scans, indent=1)
+    # a list page after a cursor starts at the cursor in the index, instead of filtering every row before it
+    assert pages and all(any("created_at" in c for c in conds) for conds in pages), pages
 
 
 def test_a_scrape_does_not_wait_for_counting_finished_jobs(pg_api):
