@@ -15,7 +15,7 @@ from datetime import datetime
 from pathlib import Path
 
 from cachetools import TTLCache
-from sqlalchemy import String, Uuid, and_, any_, bindparam, cast, func, insert, or_, select, update
+from sqlalchemy import String, Uuid, any_, bindparam, cast, func, insert, select, tuple_, update
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
@@ -268,7 +268,9 @@ def list_jobs(session: Session, tenant: str, state: JobState | None, cursor: str
         q = q.where(func.lower(Job.filename).like(like_pattern(f.filename.lower()), escape="\\"))
     if cursor:
         created, jid = decode_cursor(cursor)
-        q = q.where(or_(Job.created_at < created, and_(Job.created_at == created, Job.id < jid)))
+        # one row-value bound, which the (tenant, created_at, id) index serves as a range: the same
+        # condition spelled with OR was a filter over every row of the tenant before the page
+        q = q.where(tuple_(Job.created_at, Job.id) < tuple_(created, jid))
     jobs = list(session.scalars(q.order_by(Job.created_at.desc(), Job.id.desc()).limit(limit + 1)))
     more = len(jobs) > limit
     jobs = jobs[:limit]

@@ -225,10 +225,22 @@ def test_backlog_is_not_resent_but_a_flush_is(live):
     assert reconcile_once().get("prepare", 0) == 0  # the re-sent messages now wait; not sent a third time
 
 
+def _age_sent(live: Live, task: str, by_s: float) -> None:
+    """Make every message of ``task`` look published ``by_s`` earlier (its sent-index field), as if it had
+    been handed to a worker that long ago."""
+    from app.messaging import parse_sent_mark, sent_index_key, sent_mark
+
+    key = sent_index_key(task)
+    for item, raw in live.redis.hgetall(key).items():
+        m = parse_sent_mark(raw)
+        live.redis.hset(key, item, sent_mark(m.sent - by_s, m.due - by_s, m.level))
+
+
 def test_message_handed_to_a_worker_that_never_took_the_job(live):
     """A prepare message delivered to a worker (unacknowledged) counts while that worker can still be
     about to take the job; held for longer than the stale period without the job moving, that worker is
     dead or stuck and the job is sent again (it used to wait for Redis's visibility timeout)."""
+    from app.constants import TASK_PREPARE
     from app.messaging import send_prepare
     from workers.celery_app import app
     from workers.tasks.reconcile import reconcile_once
@@ -242,13 +254,167 @@ def test_message_handed_to_a_worker_that_never_took_the_job(live):
         assert reconcile_once().get("prepare", 0) == 0
         long_ago = time.time() - 10 * STALE_S
         live.redis.zadd("unacked_index", {tag: long_ago for tag in live.redis.zrange("unacked_index", 0, -1)})
+        _age_sent(live, TASK_PREPARE, 10 * STALE_S)
         _age_everything()
         assert reconcile_once()["prepare"] == 1
         assert live.queue_len("prepare") == 1
         queue.close()
 
 
+def test_a_pass_costs_the_same_behind_any_backlog(live):
+    """Issue 17 finding 4: a pass used to read and parse every message of every queue whenever anything was
+    stale (about 26 us and some 150 bytes of Python objects a message). Now it asks about its suspects
+    alone: behind 100,000 waiting messages it holds a few MB at its peak, and still tells the waiting
+    (early, in the middle and last in the queue) from the lost."""
+    import tracemalloc
+
+    from app.constants import TASK_PREPARE
+    from app.messaging import send_prepare, sent_index_key
+    from workers.tasks.reconcile import reconcile_once
+
+    waiting = [_add_job() for _ in range(30)]
+    lost = [_add_job() for _ in range(5)]
+    backlog = [uuid.uuid4() for _ in range(100_000)]  # other jobs' messages (rows not needed)
+    send_prepare(waiting[:10])
+    send_prepare(backlog[:50_000])
+    send_prepare(waiting[10:20])
+    send_prepare(backlog[50_000:])
+    send_prepare(waiting[20:])
+    assert live.queue_len("prepare") == 100_030
+    live.redis.hdel(sent_index_key(TASK_PREPARE), *[str(i) for i in backlog])  # only the rows' fields matter
+    _age_everything()
+    tracemalloc.start()
+    try:
+        t0 = time.perf_counter()
+        counts = reconcile_once()
+        took_s = time.perf_counter() - t0
+        peak_mb = tracemalloc.get_traced_memory()[1] / 1e6
+    finally:
+        tracemalloc.stop()
+    print(f"one pass behind 100,030 messages: {took_s:.2f} s, peak {peak_mb:.1f} MB of Python objects")
+    assert counts.get("prepare") == len(lost)
+    assert peak_mb < 8, peak_mb  # reading the whole backlog peaked at 55 MB behind 200,000 messages
+    assert live.queue_len("prepare") == 100_035
+
+
+def test_a_countdown_held_by_a_worker_is_not_lost(live):
+    """Issue 17 finding 4: a retry's countdown (up to retry_backoff_max_s) is held by the worker that
+    received it, unacknowledged, until it comes due; it used to count as lost after the stale period.
+    Within its backoff it is not re-sent; once due and still not run, it is."""
+    from app.constants import TASK_TRANSCRIBE
+    from app.messaging import send_transcribe
+    from workers.celery_app import app
+    from workers.tasks.reconcile import reconcile_once
+
+    jid = _add_job(JobState.TRANSCRIBING)
+    chunks = _add_chunks(jid, 2)
+    send_transcribe(chunks, countdown=200)
+    with app.connection_for_read() as conn:
+        queue = conn.SimpleQueue(app.amqp.queues["transcribe"])
+        queue.get(timeout=5), queue.get(timeout=5)  # received by a worker that waits for the countdown
+        assert live.queue_len("transcribe") == 0
+        held_s = 20 * STALE_S  # received that long ago, still counting down
+        live.redis.zadd("unacked_index", {t: time.time() - held_s for t in live.redis.zrange("unacked_index", 0, -1)})
+        _age_sent(live, TASK_TRANSCRIBE, held_s)
+        _age_everything()
+        assert reconcile_once().get("transcribe", 0) == 0
+        _age_sent(live, TASK_TRANSCRIBE, 200)  # due for some time now, and still not run: its holder died
+        assert reconcile_once()["transcribe"] == 2
+        queue.close()
+
+
+def test_a_message_taken_off_its_queue_and_lost_is_sent_again(live):
+    """A worker that dies between popping a message and recording it as unacknowledged loses it. Its field
+    in the sent index still says "sent"; once the oldest message still waiting in its list was published
+    well after it (or the list is empty), it has left the list, and it is sent again."""
+    from app.constants import TASK_PREPARE
+    from app.messaging import send_prepare
+    from workers.tasks.reconcile import reconcile_once
+
+    first, second = _add_job(), _add_job()
+    send_prepare([first, second])
+    live.redis.rpop("prepare")  # the oldest (first's) message, popped and gone
+    _age_everything()
+    assert reconcile_once().get("prepare", 0) == 0  # second still waits, first was published with it
+    _age_sent(live, TASK_PREPARE, 10 * STALE_S)
+    send_prepare([uuid.uuid4()])  # the queue moves on: second is taken as well, and the last one waits
+    live.redis.rpop("prepare")
+    _age_everything()
+    assert reconcile_once()["prepare"] == 2
+    assert live.queue_len("prepare") == 3
+
+
+def test_a_batch_answered_before_its_publish_is_not_resent(live, monkeypatch):
+    """Issue 17 finding 12: the API answers a batch and publishes its messages after; a reconcile pass in
+    between used to count every job not yet published as lost. Each is promised until published, and a
+    promise whose publisher died lapses."""
+    from fastapi.testclient import TestClient
+
+    from app.api import routes_jobs
+    from app.api.main import create_app
+    from app.settings import get_settings
+    from workers.tasks.reconcile import reconcile_once
+
+    monkeypatch.setenv("ASRQ_API_KEYS", "t:k")
+    monkeypatch.setenv("ASRQ_S3_SOURCE_ALLOW", "inbox/")
+    get_settings.cache_clear()
+    go = threading.Event()
+    real_send = routes_jobs.send_prepare
+
+    def publish_later(ids, levels=None):  # noqa: ANN001, ANN202 - the background publish, held back
+        assert go.wait(60)
+        return real_send(ids, levels)
+
+    monkeypatch.setattr(routes_jobs, "send_prepare", publish_later)
+    n = 50
+    with TestClient(create_app(get_settings())) as c, ThreadPoolExecutor(1) as pool:
+        post = pool.submit(c.post, "/v1/jobs/batch", headers={"Authorization": "Bearer k"},
+                           json={"jobs": [{"source_uri": f"s3://inbox/a{i}.wav"} for i in range(n)]})
+        from tests.services import wait_until
+
+        with _session() as s:
+            wait_until(lambda: s.scalar(select(func.count()).select_from(Job)) == n, 30, what="the batch's rows")
+        _age_everything()
+        assert reconcile_once().get("prepare", 0) == 0  # promised, on their way
+        go.set()
+        assert post.result(60).status_code == 202
+    assert live.queue_len("prepare") == n
+    _age_everything()
+    assert reconcile_once().get("prepare", 0) == 0
+    # a promise kept by nobody (the API died before publishing): it lapses, and the job is sent
+    from app.constants import TASK_PREPARE
+    from app.messaging import promise_sent
+
+    jid = _add_job()
+    promise_sent(TASK_PREPARE, [jid], within_s=3600)
+    assert reconcile_once().get("prepare", 0) == 0
+    promise_sent(TASK_PREPARE, [jid], within_s=-1)
+    assert reconcile_once()["prepare"] == 1
+
+
+def test_the_sent_index_holds_only_work_still_to_run(live):
+    """A worker that handled a message drops its field, unless a message was published for that item
+    since (its retry); the reconciler sweeps up the fields of finished items a dead worker left."""
+    from app.constants import TASK_PREPARE
+    from app.messaging import forget_handled, promise_sent, send_prepare, sent_index_key
+    from workers.tasks.reconcile import reconcile_once
+
+    index = sent_index_key(TASK_PREPARE)
+    queued, done, promised = _add_job(stale=False), _add_job(JobState.COMPLETED), _add_job(stale=False)
+    send_prepare([queued, done])
+    started = time.time()
+    send_prepare([queued])  # its retry, published while the first run was under way
+    promise_sent(TASK_PREPARE, [promised])
+    assert forget_handled(TASK_PREPARE, [queued, done, promised], started) == 1  # done's alone
+    assert live.redis.hexists(index, str(queued)) and live.redis.hexists(index, str(promised))
+    send_prepare([done])  # a finished job's field left behind by a worker that died
+    live.redis.hset(index, "not-an-id", "1 1 0")
+    reconcile_once()
+    assert sorted(k.decode() for k in live.redis.hkeys(index)) == sorted([str(queued), str(promised)])
+
+
 def test_pending_chunks_waiting_or_held_are_not_resent(live):
+    from app.constants import TASK_TRANSCRIBE
     from app.messaging import send_transcribe
     from workers.lease import HeldChunks
     from workers.tasks.reconcile import reconcile_once
@@ -277,6 +443,7 @@ def test_pending_chunks_waiting_or_held_are_not_resent(live):
         assert beat_since.wait(30), "the heartbeat never beat"  # an event, not a sleep the beat may miss
         assert reconcile_once().get("transcribe", 0) == 0
     _age_everything()  # that worker died: its heartbeat stopped
+    _age_sent(live, TASK_TRANSCRIBE, 10 * STALE_S)  # and its messages were handed over that long ago
     assert reconcile_once()["transcribe"] == 3
     assert live.queue_len("transcribe") == 3
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 
 from celery import signals
 
@@ -35,3 +36,41 @@ def _warm(**_kw: object) -> None:
         # on CUDA, the probe batches that size its batches for the card run now, before any task
         if hasattr(engine, "batch_budget_s"):
             engine.batch_budget_s(s.batch_audio_s, s.gpu_memory_fraction, s.batch_max_requests)
+
+
+# --- the sent index (app/messaging.py): a message handled leaves it -------------------------------------
+
+_started: dict[str, float] = {}
+
+
+def _items(args: object) -> list[str]:
+    """The job or chunk ids of one task run: its first argument, or each request's (a batch task)."""
+    if not args:
+        return []
+    first = args[0]  # type: ignore[index]
+    if isinstance(first, list):
+        return [str(r.args[0]) for r in first if getattr(r, "args", None)]
+    return [str(first)]
+
+
+@signals.task_prerun.connect
+def _note_start(task_id: str | None = None, task: object = None, **_kw: object) -> None:
+    from app.messaging import TRACKED
+
+    if task_id and getattr(task, "name", None) in TRACKED:
+        _started[task_id] = time.time()
+
+
+@signals.task_postrun.connect
+def _forget_handled(task_id: str | None = None, task: object = None, args: object = None,
+                    **_kw: object) -> None:
+    from app.messaging import TRACKED, forget_handled
+
+    started = _started.pop(task_id, None) if task_id else None
+    name = getattr(task, "name", None)
+    if started is None or name not in TRACKED:
+        return
+    try:
+        forget_handled(name, _items(args), started)
+    except Exception as e:  # noqa: BLE001 - a field left behind costs memory until the reconciler's sweep
+        log.warning("sent index not updated after %s (%s)", name, type(e).__name__)

@@ -15,7 +15,7 @@ from pydantic import BaseModel, ValidationError
 from starlette.datastructures import UploadFile
 
 from app.api.auth import current_tenant
-from app.constants import TRANSCRIPT_FORMATS, source_key, transcript_key
+from app.constants import TASK_PREPARE, TRANSCRIPT_FORMATS, source_key, transcript_key
 from app.db.models import JobState
 from app.hotword_list import MAX_HOTWORDS_FILE_BYTES, parse_hotwords_text
 from app.jobs import (
@@ -30,7 +30,7 @@ from app.jobs import (
     submit_many,
     submit_one,
 )
-from app.messaging import send_prepare, try_send
+from app.messaging import send_prepare, try_promise, try_send
 from app.schemas import (
     BatchCreate,
     BatchOut,
@@ -236,9 +236,11 @@ def submit_batch(request: Request, background: BackgroundTasks, tenant: str = De
     batch_id = uuid.uuid4()
     with request.app.state.sessions() as s:
         ids, levels = submit_many(s, tenant, body.jobs, settings, batch_id)  # 429 when full
-    # The rows are committed, so the jobs exist whatever happens next. Publishing 10,000 messages takes
-    # seconds (about 0.8 ms each, measured): it runs after the response, and if this process dies
-    # before it is done the reconciler sends what is missing.
+    # The rows are committed, so the jobs exist whatever happens next. The messages are published after
+    # the response (10,000 take about half a second); until then each is promised, so the reconciler does
+    # not count them lost. If this process dies before it is done, the promise lapses
+    # (settings.publish_promise_s) and the reconciler sends what is missing.
+    try_promise(TASK_PREPARE, ids)
     background.add_task(try_send, lambda job_ids: send_prepare(job_ids, levels), ids)
     return BatchOut(job_ids=[str(i) for i in ids], count=len(ids), batch_id=str(batch_id))
 

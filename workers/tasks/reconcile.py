@@ -8,7 +8,8 @@ each job or chunk that has been still for ``reconcile_stale_s``:
   their holder's heartbeat keeps alive; an expired lease means the holder died, and the work is sent
   again (the next holder takes over, charging an attempt, so a poison input runs out of attempts).
 * is its message lost, or only waiting? A job QUEUED and a chunk PENDING are re-sent only when the
-  broker holds no message for them (workers/inventory.py): a backlog of hours is left alone.
+  broker holds no message for them (workers/inventory.py): a backlog of hours is left alone. The broker
+  is asked about these items alone (the sent index), so a pass costs the same behind any backlog.
 
 Every re-send touches ``updated_at`` (a conditional update, skipping rows another transaction holds),
 so an item is sent at most once per stale period, even by two reconcilers at once.
@@ -17,6 +18,7 @@ so an item is sent at most once per stale period, even by two reconcilers at onc
 from __future__ import annotations
 
 import logging
+import time
 import uuid
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -25,11 +27,24 @@ from sqlalchemy import exists, select, update
 from sqlalchemy.orm import Session
 
 from app import fair_share, metrics
-from app.constants import TASK_FINALIZE, TASK_PREPARE, TASK_RECONCILE, TASK_TRANSCRIBE
+from app.constants import (
+    SENT_INDEX_PREFIX,
+    TASK_FINALIZE,
+    TASK_PREPARE,
+    TASK_RECONCILE,
+    TASK_TRANSCRIBE,
+)
 from app.db.models import Chunk, ChunkState, Job, JobState, utcnow
 from app.db.session import session_scope
 from app.lifecycle import _advance, _fail_job_row, lock_jobs, log_state
-from app.messaging import send_finalize, send_prepare, send_transcribe, try_send
+from app.messaging import (
+    forget_seen,
+    send_finalize,
+    send_prepare,
+    send_transcribe,
+    sent_index_key,
+    try_send,
+)
 from app.settings import get_settings
 from workers.celery_app import app
 from workers.inventory import Inventory, read_inventory
@@ -66,6 +81,7 @@ class Candidates:
 def reconcile_once() -> dict:
     settings = get_settings()
     keep_usage(settings)
+    prune_sent_index(settings)
     now = utcnow()
     stale = now - timedelta(seconds=settings.reconcile_stale_s)
     with session_scope() as s:
@@ -73,8 +89,10 @@ def reconcile_once() -> dict:
         cand = find_candidates(s, now, stale)
     if cand.empty() and not finalize_now:
         return {}
+    asked = {TASK_PREPARE: cand.queued + cand.preparing, TASK_TRANSCRIBE: cand.pending + cand.running,
+             TASK_FINALIZE: cand.finalize_free + cand.finalize_dead}
     try:
-        inventory = read_inventory(settings)
+        inventory = read_inventory(settings, asked, stale.timestamp())
     except Exception as e:  # noqa: BLE001 - the broker is down: nothing could be sent now anyway
         log.warning("broker inventory unreadable (%s); re-sending nothing this run", type(e).__name__)
         try_send(send_finalize, finalize_now)
@@ -107,6 +125,60 @@ def keep_usage(settings) -> None:  # noqa: ANN001
             fair_share.record_finished_usage(s, settings)
     except Exception as e:  # noqa: BLE001 - the next beat counts the same jobs
         log.warning("fair-share usage not updated this run: %s", type(e).__name__)
+
+
+# what each task's message is for: an item in any other state needs none, and its field in the sent index goes
+_NEEDS_MESSAGE = {
+    TASK_PREPARE: (Job, (JobState.QUEUED, JobState.PREPARING)),
+    TASK_TRANSCRIBE: (Chunk, (ChunkState.PENDING, ChunkState.RUNNING)),
+    TASK_FINALIZE: (Job, (JobState.FINALIZING,)),
+}
+PRUNE_PAGE = 1000
+PRUNE_BUDGET_S = 0.3  # per pass, all tasks together
+
+
+def prune_sent_index(settings) -> int:  # noqa: ANN001
+    """Drop the sent index's fields of items that wait for no message any more (done, failed, deleted): a
+    worker tidies its own as it finishes (workers/signals.py), and this sweeps up after one that died
+    first. A bounded slice per pass, resuming where the last pass stopped, so the index stays about as
+    large as the work still queued, and a pass costs the same whatever it holds."""
+    if not settings.broker_url.startswith(("redis://", "rediss://")):
+        return 0
+    import redis
+
+    dropped = 0
+    client = redis.Redis.from_url(settings.broker_url, socket_timeout=30)
+    try:
+        for task, (model, states) in _NEEDS_MESSAGE.items():
+            key, at = sent_index_key(task), f"{SENT_INDEX_PREFIX}cursor:{task}"
+            cursor = int(client.get(at) or 0)
+            deadline = time.monotonic() + PRUNE_BUDGET_S / len(_NEEDS_MESSAGE)
+            while True:
+                cursor, page = client.hscan(key, cursor, count=PRUNE_PAGE)
+                dropped += _drop_finished(task, model, states, page)
+                if cursor == 0 or time.monotonic() > deadline:
+                    break
+            client.set(at, cursor)
+    except Exception as e:  # noqa: BLE001 - fields left over cost memory, never a message; the next pass goes on
+        log.warning("sent index not pruned this run: %s", type(e).__name__)
+    finally:
+        client.close()
+    return dropped
+
+
+def _drop_finished(task: str, model: type[Job | Chunk], states: tuple, page: dict[bytes, bytes]) -> int:
+    if not page:
+        return 0
+    ids: dict[uuid.UUID | None, list[bytes]] = {}
+    for name in page:
+        try:
+            ids.setdefault(uuid.UUID(name.decode()), []).append(name)
+        except ValueError:
+            ids.setdefault(None, []).append(name)  # not an id of ours
+    with session_scope() as s:
+        keep = set(s.scalars(select(model.id).where(model.id.in_([i for i in ids if i]), model.state.in_(states))))
+    gone = {name.decode(): page[name] for i, names in ids.items() if i not in keep for name in names}
+    return forget_seen(task, gone)
 
 
 def repair_transcribing(s: Session, stale: datetime) -> list[uuid.UUID]:
