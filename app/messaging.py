@@ -399,13 +399,15 @@ def _index_one(sender: str | None = None, headers: dict | None = None, body: obj
         log.warning("%s message not indexed (%s)", sender, type(e).__name__)
 
 
-# a field goes only if it still says what the caller saw: a message published meanwhile keeps its own
+# a field goes only if it still says what the caller saw: a message published meanwhile keeps its own. A
+# mark holds its time to the millisecond (rounded), so one within a millisecond of the start stays, for
+# the reconciler's sweep: kept when unsure, a field costs a look; dropped, a retry's would go unguarded
 _FORGET_HANDLED = """
 local n = 0
 for i = 2, #ARGV do
   local v = redis.call('HGET', KEYS[1], ARGV[i])
   local sent = v and tonumber(string.match(v, '^(%S+) '))
-  if sent and sent <= tonumber(ARGV[1]) then
+  if sent and sent + 0.001 <= tonumber(ARGV[1]) then
     redis.call('HDEL', KEYS[1], ARGV[i])
     n = n + 1
   end

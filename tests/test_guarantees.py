@@ -402,7 +402,10 @@ def test_the_sent_index_holds_only_work_still_to_run(live):
     index = sent_index_key(TASK_PREPARE)
     queued, done, promised = _add_job(stale=False), _add_job(JobState.COMPLETED), _add_job(stale=False)
     send_prepare([queued, done])
+    # marks hold milliseconds: the worker starts, and the retry is published, a few of them apart
+    time.sleep(0.01)
     started = time.time()
+    time.sleep(0.01)
     send_prepare([queued])  # its retry, published while the first run was under way
     promise_sent(TASK_PREPARE, [promised])
     assert forget_handled(TASK_PREPARE, [queued, done, promised], started) == 1  # done's alone
