@@ -16,7 +16,6 @@ from pydantic import ValidationError
 
 from app.catalog.hub import resolve as hub_resolve
 from app.constants import source_key, transcript_key
-from app.db.migrate import upgrade
 from app.db.models import Job, JobState
 from app.db.session import session_scope
 from app.errors import PermanentError
@@ -75,25 +74,31 @@ def transcribe_files(files: list[Path], engine: str | None, model: str | None, l
     """Submit every file as a job, run the local worker until all of them finished, and return their
     outcomes in the order given (transcripts: ``read_transcript``)."""
     options, settings = job_options(engine, model, language, get_settings())
-    upgrade(settings.database_url)
-    store = get_store()
-    jobs: dict[uuid.UUID, Path] = {}
-    with session_scope() as s:
-        for path in files:
-            job_id = uuid.uuid4()
-            name = safe_filename(path.name)
-            store.put_file(source_key(job_id, name), path)
-            create_job(s, "local", NewJob(f"{UPLOAD_SCHEME}:{name}", name, options), settings, job_id)
-            jobs[job_id] = path
     log = settings.home / "logs" / "worker.log"
+    # the worker starts first: its start-up (imports, Celery) runs while this process migrates the database
+    # and stores the files; it touches neither before the first message, which comes after both
     worker = start_local_worker(log)
+    finished = False
     try:
+        from app.db.migrate import upgrade  # alembic: a second of imports, taken while the worker starts
+
+        upgrade(settings.database_url)
+        store = get_store()
+        jobs: dict[uuid.UUID, Path] = {}
+        with session_scope() as s:
+            for path in files:
+                job_id = uuid.uuid4()
+                name = safe_filename(path.name)
+                store.put_file(source_key(job_id, name), path)
+                create_job(s, "local", NewJob(f"{UPLOAD_SCHEME}:{name}", name, options), settings, job_id)
+                jobs[job_id] = path
         send_prepare(list(jobs))
         deadline = time.monotonic() + timeout_s
         while True:
             with session_scope() as s:
                 states = {j.id: (j.state, j.error) for j in s.query(Job).filter(Job.id.in_(list(jobs)))}
             if all(st.terminal for st, _ in states.values()):
+                finished = True
                 break
             if worker.poll() is not None:
                 raise EmbeddedError(f"the worker exited (rc={worker.returncode}); see {log}")
@@ -101,12 +106,27 @@ def transcribe_files(files: list[Path], engine: str | None, model: str | None, l
                 raise EmbeddedError(f"timed out after {timeout_s:.0f} s")
             time.sleep(0.2)
     finally:
+        stop_worker(worker, finished)
+    return [Outcome(path, job_id, *states[job_id]) for job_id, path in jobs.items()]
+
+
+def stop_worker(worker: subprocess.Popen, idle: bool) -> None:
+    """Stop the local worker. ``idle``: every job of this run has finished, so the worker holds no work of
+    it (a finished job's audio is gone and its state stored before it is finished, and this run sent no other
+    message): it is stopped at once, where a warm shutdown costs seconds (a 2 s broker poll, then the
+    interpreter's teardown) for nothing. Otherwise it gets a warm shutdown, as any worker would."""
+    if worker.poll() is not None:
+        return
+    if idle:
+        worker.kill()
+    else:
         worker.terminate()
         try:
             worker.wait(30)
+            return
         except subprocess.TimeoutExpired:
             worker.kill()
-    return [Outcome(path, job_id, *states[job_id]) for job_id, path in jobs.items()]
+    worker.wait()
 
 
 def read_transcript(job_id: uuid.UUID, fmt: str) -> tuple[bytes, dict]:

@@ -27,7 +27,7 @@ from bench import corpus, measure, report
 ROOT = Path(__file__).resolve().parents[1]
 MODEL = "bundled:tiny.en"
 BEAM = 5
-SECTIONS = ("limit", "naive", "asrq", "service", "memory", "ceiling", "vad")
+SECTIONS = ("limit", "naive", "asrq", "service", "memory", "ceiling", "vad", "laptop")
 
 
 @dataclass(frozen=True)
@@ -172,6 +172,11 @@ def main(argv: list[str] | None = None) -> int:
 
         probes["vad"] = settle(probes["start"])
         results["vad"] = vad_speed.measure(items, quick=args.quick, log=log)
+    if "laptop" in sections:
+        from bench import laptop  # asrq transcribe DIR vs a faster-whisper loop, whole commands
+
+        probes["laptop"] = settle(probes["start"])
+        results["laptop"] = laptop.measure(items, args.quick, BEAM, log=log)
     if "ceiling" in sections:
         from bench import orchestration
 
