@@ -83,15 +83,22 @@ def transcribe(files: tuple[Path, ...], fmt: str, out_dir: Path, engine: str | N
                language: str | None, timeout_s: float) -> None:
     """Transcribe FILES here and now (embedded: SQLite, local broker and folder, no servers). A folder
     stands for the files in it."""
-    from app.db.models import JobState
-    from app.embedded import EmbeddedError, read_transcript, transcribe_files
+    from app.local_worker import start_local_worker, stop_worker, worker_log
 
     _check_engine()
     inputs = expand_inputs(files)
     if not inputs:
         raise click.ClickException("no files to transcribe")
+    # the worker first: its start-up (seconds of imports) overlaps this command's own imports and set-up
+    worker = start_local_worker(worker_log(get_settings()))
     try:
-        outcomes = transcribe_files(inputs, engine, model, language, timeout_s)
+        from app.db.models import JobState
+        from app.embedded import EmbeddedError, read_transcript, transcribe_files
+    except BaseException:
+        stop_worker(worker, idle=True)
+        raise
+    try:
+        outcomes = transcribe_files(inputs, engine, model, language, timeout_s, worker=worker)
     except EmbeddedError as e:
         raise click.ClickException(str(e)) from e
     out_dir.mkdir(parents=True, exist_ok=True)
