@@ -56,8 +56,21 @@ def _fmt_clock(t: float) -> str:
     return f"{int(h):02d}:{int(m):02d}:{s:06.3f}"
 
 
+def expand_inputs(paths: tuple[Path, ...] | list[Path]) -> list[Path]:
+    """FILES of ``asrq transcribe``: a folder stands for the files directly in it (by name, hidden ones
+    left out); each file once, in the order given."""
+    out: list[Path] = []
+    for p in paths:
+        if p.is_dir():
+            out += sorted(f for f in p.iterdir() if f.is_file() and not f.name.startswith("."))
+        else:
+            out.append(p)
+    seen: set[Path] = set()
+    return [f for f in out if not (f.resolve() in seen or seen.add(f.resolve()))]
+
+
 @cli.command()
-@click.argument("files", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.argument("files", nargs=-1, required=True, type=click.Path(exists=True, path_type=Path))
 @click.option("--format", "fmt", type=click.Choice(TRANSCRIPT_FORMATS), default="srt", show_default=True)
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=Path("."),
               show_default=True, help="folder for <input stem>.<format>")
@@ -68,13 +81,24 @@ def _fmt_clock(t: float) -> str:
 @click.option("--timeout", "timeout_s", type=float, default=3600.0, show_default=True)
 def transcribe(files: tuple[Path, ...], fmt: str, out_dir: Path, engine: str | None, model: str | None,
                language: str | None, timeout_s: float) -> None:
-    """Transcribe FILES here and now (embedded: SQLite, local broker and folder, no servers)."""
-    from app.db.models import JobState
-    from app.embedded import EmbeddedError, read_transcript, transcribe_files
+    """Transcribe FILES here and now (embedded: SQLite, local broker and folder, no servers). A folder
+    stands for the files in it."""
+    from app.local_worker import start_local_worker, stop_worker, worker_log
 
     _check_engine()
+    inputs = expand_inputs(files)
+    if not inputs:
+        raise click.ClickException("no files to transcribe")
+    # the worker first: its start-up (seconds of imports) overlaps this command's own imports and set-up
+    worker = start_local_worker(worker_log(get_settings()))
     try:
-        outcomes = transcribe_files(list(files), engine, model, language, timeout_s)
+        from app.db.models import JobState
+        from app.embedded import EmbeddedError, read_transcript, transcribe_files
+    except BaseException:
+        stop_worker(worker, idle=True)
+        raise
+    try:
+        outcomes = transcribe_files(inputs, engine, model, language, timeout_s, worker=worker)
     except EmbeddedError as e:
         raise click.ClickException(str(e)) from e
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 import time
 import uuid
 from dataclasses import dataclass
@@ -16,11 +15,11 @@ from pydantic import ValidationError
 
 from app.catalog.hub import resolve as hub_resolve
 from app.constants import source_key, transcript_key
-from app.db.migrate import upgrade
 from app.db.models import Job, JobState
 from app.db.session import session_scope
 from app.errors import PermanentError
 from app.jobs import NewJob, create_job, resolved_options
+from app.local_worker import start_local_worker, stop_worker, worker_log
 from app.messaging import send_prepare
 from app.schemas import JobOptions
 from app.settings import Settings, get_settings
@@ -38,14 +37,6 @@ class Outcome:
     job_id: uuid.UUID
     state: JobState
     error: str | None
-
-
-def start_local_worker(log_file: Path) -> subprocess.Popen:
-    """A real Celery worker on every queue, on whatever broker the settings name (embedded: no server)."""
-    log_file.parent.mkdir(parents=True, exist_ok=True)
-    with open(log_file, "ab") as out:
-        return subprocess.Popen([sys.executable, "-m", "workers.launcher", "--embedded"], stdout=out,
-                                stderr=subprocess.STDOUT)
 
 
 def job_options(engine: str | None, model: str | None, language: str | None,
@@ -71,29 +62,37 @@ def job_options(engine: str | None, model: str | None, language: str | None,
 
 
 def transcribe_files(files: list[Path], engine: str | None, model: str | None, language: str | None,
-                     timeout_s: float) -> list[Outcome]:
+                     timeout_s: float, worker: subprocess.Popen | None = None) -> list[Outcome]:
     """Submit every file as a job, run the local worker until all of them finished, and return their
-    outcomes in the order given (transcripts: ``read_transcript``)."""
-    options, settings = job_options(engine, model, language, get_settings())
-    upgrade(settings.database_url)
-    store = get_store()
-    jobs: dict[uuid.UUID, Path] = {}
-    with session_scope() as s:
-        for path in files:
-            job_id = uuid.uuid4()
-            name = safe_filename(path.name)
-            store.put_file(source_key(job_id, name), path)
-            create_job(s, "local", NewJob(f"{UPLOAD_SCHEME}:{name}", name, options), settings, job_id)
-            jobs[job_id] = path
-    log = settings.home / "logs" / "worker.log"
-    worker = start_local_worker(log)
+    outcomes in the order given (transcripts: ``read_transcript``). ``worker``: one already started with
+    ``start_local_worker`` (the command starts it first thing; its start-up then overlaps all that comes
+    before the first message); stopped here in any case."""
+    log = worker_log(get_settings())
+    finished = sent = False
     try:
+        options, settings = job_options(engine, model, language, get_settings())
+        if worker is None:
+            worker = start_local_worker(log)
+        from app.db.migrate import upgrade  # alembic: a second of imports, taken while the worker starts
+
+        upgrade(settings.database_url)
+        store = get_store()
+        jobs: dict[uuid.UUID, Path] = {}
+        with session_scope() as s:
+            for path in files:
+                job_id = uuid.uuid4()
+                name = safe_filename(path.name)
+                store.put_file(source_key(job_id, name), path)
+                create_job(s, "local", NewJob(f"{UPLOAD_SCHEME}:{name}", name, options), settings, job_id)
+                jobs[job_id] = path
+        sent = True
         send_prepare(list(jobs))
         deadline = time.monotonic() + timeout_s
         while True:
             with session_scope() as s:
                 states = {j.id: (j.state, j.error) for j in s.query(Job).filter(Job.id.in_(list(jobs)))}
             if all(st.terminal for st, _ in states.values()):
+                finished = True
                 break
             if worker.poll() is not None:
                 raise EmbeddedError(f"the worker exited (rc={worker.returncode}); see {log}")
@@ -101,11 +100,9 @@ def transcribe_files(files: list[Path], engine: str | None, model: str | None, l
                 raise EmbeddedError(f"timed out after {timeout_s:.0f} s")
             time.sleep(0.2)
     finally:
-        worker.terminate()
-        try:
-            worker.wait(30)
-        except subprocess.TimeoutExpired:
-            worker.kill()
+        if worker is not None:
+            # a worker that got no message, or whose jobs all finished, holds nothing of this run
+            stop_worker(worker, idle=finished or not sent)
     return [Outcome(path, job_id, *states[job_id]) for job_id, path in jobs.items()]
 
 

@@ -11,7 +11,7 @@ import logging
 import math
 import re
 from pathlib import Path
-from typing import NamedTuple
+from typing import Literal, NamedTuple
 
 from pydantic import AnyHttpUrl, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -108,6 +108,10 @@ class Settings(BaseSettings):
     hard_cut_overlap_s: float = Field(1.0, ge=0.0, le=5.0)
     vad_window_s: float = Field(60.0, ge=5.0)
     vad_max_end_silence_ms: int = 300
+    # how prepare runs FSMN-VAD: "onnx", a numpy fbank and the bundled ONNX network (workers/vad_onnx.py,
+    # no torch); "torch", FunASR's own fbank and network (workers/vad.py). Same segments (within one
+    # 10 ms frame, tests/test_vad_onnx.py); onnx costs a third of the CPU
+    vad_runtime: Literal["onnx", "torch"] = "onnx"
 
     # batching
     # audio-seconds per inference batch on CPU; on CUDA the budget is sized from the card's free memory

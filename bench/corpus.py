@@ -160,16 +160,18 @@ def plan_key(engine: str) -> str:
     """Changes whenever the chunk plans could: options, or the VAD/chunking code itself."""
     opts, window_s, silence_ms = chunking_options(engine)
     h = hashlib.sha1(repr((asdict(opts), window_s, silence_ms)).encode())
-    for f in ("workers/chunking.py", "workers/vad.py", "workers/vad_decide.py", "workers/audio.py"):
+    for f in ("workers/chunking.py", "workers/vad.py", "workers/vad_decide.py", "workers/vad_onnx.py",
+              "workers/fbank.py", "workers/audio.py"):
         h.update((ROOT / f).read_bytes())
     return h.hexdigest()
 
 
 def plan_item(path: Path, engine: str = "whisper") -> list[tuple[int, int]]:
     """The chunk plan prepare makes for this file: same decoder, VAD windows, chunking options."""
+    from app.settings import Settings
     from workers.audio import decode_to_pcm, pcm_to_float
     from workers.chunking import plan_chunks
-    from workers.vad import speech_segments
+    from workers.vad_onnx import vad_segments
 
     opts, window_s, silence_ms = chunking_options(engine)
     with tempfile.TemporaryFile() as f:
@@ -181,7 +183,7 @@ def plan_item(path: Path, engine: str = "whisper") -> list[tuple[int, int]]:
             while data := f.read(block):
                 yield pcm_to_float(data)
 
-        segments = speech_segments(windows(), silence_ms)
+        segments = vad_segments(windows(), silence_ms, Settings().vad_runtime)
     return [(p.start_ms, p.end_ms) for p in plan_chunks(segments, int(info.duration_s * 1000), opts)]
 
 

@@ -19,16 +19,18 @@ import soundfile as sf
 
 
 def main(inp: Path, out: Path) -> None:
+    from app.settings import Settings
     from bench.corpus import chunking_options
     from bench.measure import self_peak_rss
     from workers.audio import decode_to_pcm, pcm_to_float
     from workers.chunking import plan_chunks
-    from workers.vad import load_vad, speech_segments
+    from workers.vad_onnx import vad_segments, warm_vad
 
     cfg = json.loads(inp.read_text())
     opts, window_s, silence_ms = chunking_options()
-    load_vad()
-    baseline = self_peak_rss()  # interpreter + torch + FunASR + VAD model, before any audio
+    runtime = Settings().vad_runtime
+    warm_vad(runtime)
+    baseline = self_peak_rss()  # interpreter + VAD model (+ torch and FunASR on the torch runtime), before any audio
     t0 = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="asrq-mem-", dir=cfg["tmp"]) as tmp:
         pcm = Path(tmp) / "audio.s16le"
@@ -40,7 +42,7 @@ def main(inp: Path, out: Path) -> None:
                 while data := f.read(block):
                     yield pcm_to_float(data)
 
-            segments = speech_segments(windows(), silence_ms)
+            segments = vad_segments(windows(), silence_ms, runtime)
     plans = plan_chunks(segments, int(info.duration_s * 1000), opts)
     out.write_text(json.dumps({"duration_s": info.duration_s, "segments": len(segments), "chunks": len(plans),
                                "seconds": time.monotonic() - t0, "baseline_rss": baseline,

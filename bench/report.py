@@ -72,6 +72,10 @@ def checks(r: dict) -> list[Check]:
         from bench import scale
 
         out += scale.checks(r["scale"])
+    if "laptop" in r:
+        from bench import laptop
+
+        out += laptop.checks(r["laptop"])
     return out
 
 
@@ -138,6 +142,10 @@ def console(r: dict) -> str:
         from bench import scale
 
         lines += scale.summary(r["scale"])
+    if "laptop" in r:
+        from bench import laptop
+
+        lines += laptop.summary(r["laptop"])
     for c in checks(r):
         lines.append(f"{c.verdict:4}  {c.name}: {c.detail}")
     misses = [c for c in checks(r) if c.ok is False]
@@ -255,6 +263,10 @@ def details(r: dict) -> list[str]:
         from bench import scale
 
         out += scale.details(r["scale"])
+    if "laptop" in r:
+        from bench import laptop
+
+        out += laptop.details(r["laptop"])
     if pr := r.get("cpu_probe_ms"):
         out.append("- CPU speed probe (ms for a fixed single-core loop, best of 3; lower is faster), taken before "
                    "each section once the machine had settled (up to 4 min idle): "

@@ -27,7 +27,7 @@ from bench import corpus, measure, report
 ROOT = Path(__file__).resolve().parents[1]
 MODEL = "bundled:tiny.en"
 BEAM = 5
-SECTIONS = ("limit", "naive", "asrq", "service", "memory", "ceiling", "vad", "scale")
+SECTIONS = ("limit", "naive", "asrq", "service", "memory", "ceiling", "vad", "scale", "laptop")
 
 
 @dataclass(frozen=True)
@@ -168,10 +168,15 @@ def main(argv: list[str] | None = None) -> int:
             results["notes"].append(f"Quick mode measures prepare memory on {mode.mem_short_s / 60:.0f} and "
                                     f"{mode.mem_long_s / 60:.0f} min recordings instead of 10 min and 2 h.")
     if "vad" in sections:
-        from bench import vad_speed  # FunASR's VAD decision pass vs the numpy one, side by side
+        from bench import vad_speed  # prepare's CPU: the torch VAD vs the ONNX one, side by side
 
         probes["vad"] = settle(probes["start"])
-        results["vad"] = vad_speed.measure(items, log=log)
+        results["vad"] = vad_speed.measure(items, quick=args.quick, log=log)
+    if "laptop" in sections:
+        from bench import laptop  # asrq transcribe DIR vs a faster-whisper loop, whole commands
+
+        probes["laptop"] = settle(probes["start"])
+        results["laptop"] = laptop.measure(items, args.quick, BEAM, log=log)
     if "ceiling" in sections:
         from bench import orchestration
 

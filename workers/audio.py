@@ -27,12 +27,54 @@ class AudioInfo:
     container: str
 
 
-def decode_to_pcm(src: Path, out: BinaryIO, max_duration_s: float | None = None) -> AudioInfo:
-    """Write the first audio track of ``src`` to ``out`` as 16 kHz mono s16le; raise BadAudio if it can't."""
+# bytes FFmpeg reads to identify a file and its streams before decoding (its default is 5 MB). Containers
+# that state their streams' parameters in a header need no more; FFmpeg still reads up to the probe size in
+# packets (a 10 s 44.1 kHz WAV: 13 ms of CPU to open, 2 ms with 64 KiB). Any other container, or one whose
+# audio track the short probe did not settle, is opened again with FFmpeg's defaults: a short probe can
+# name another codec in an MPEG-TS (mp3float for mp2), so no file may decode differently
+# (tests/test_audio_decode.py).
+PROBE_BYTES = 64 * 1024
+_HEADER_FORMATS = {"wav", "w64", "flac", "aiff", "mov,mp4,m4a,3gp,3g2,mj2", "ogg", "matroska,webm"}
+
+
+def _open(src: Path, probe_bytes: int | None) -> av.container.InputContainer:
+    if probe_bytes:
+        try:
+            container = av.open(str(src), mode="r", metadata_errors="ignore",
+                                options={"probesize": str(probe_bytes)})
+        except (av.error.FFmpegError, UnicodeDecodeError, ValueError):
+            pass  # identified only with the full probe, or not at all: the default open below says which
+        else:
+            if _settled(container):
+                return container
+            container.close()
     try:
-        container = av.open(str(src), mode="r", metadata_errors="ignore")
+        return av.open(str(src), mode="r", metadata_errors="ignore")
     except (av.error.FFmpegError, UnicodeDecodeError, ValueError) as e:
         raise BadAudio(f"not a readable audio or video file ({_reason(e)})") from e
+
+
+def _settled(container: av.container.InputContainer) -> bool:
+    """A container that states its streams in a header, where the short probe found an audio track with its
+    codec, rate and channels, and no stream is left unidentified (a later audio track could otherwise be the
+    first one under the full probe)."""
+    if container.format.name not in _HEADER_FORMATS or not container.streams.audio:
+        return False
+    for stream in container.streams:
+        ctx = stream.codec_context
+        if stream.type == "audio" and not (ctx.sample_rate and ctx.channels and ctx.name):
+            return False
+        if stream.type not in ("audio", "video", "subtitle", "data", "attachment"):
+            return False
+    return True
+
+
+def decode_to_pcm(src: Path, out: BinaryIO, max_duration_s: float | None = None,
+                  probe_bytes: int | None = PROBE_BYTES) -> AudioInfo:
+    """Write the first audio track of ``src`` to ``out`` as 16 kHz mono s16le; raise BadAudio if it can't.
+
+    ``probe_bytes``: how much FFmpeg reads to identify the file first (None: FFmpeg's default probe)."""
+    container = _open(src, probe_bytes)
     with container:
         if not container.streams.audio:
             raise BadAudio("the file has no audio track")

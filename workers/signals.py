@@ -19,9 +19,10 @@ def _after_fork(**_kw: object) -> None:
     reset_engines()
     if os.environ.get("ASRQ_WARM_VAD") == "1":
         # each prepare process loads FSMN-VAD once, at start, not on its first job
-        from workers.vad import load_vad
+        from app.settings import get_settings
+        from workers.vad_onnx import warm_vad
 
-        load_vad()
+        warm_vad(get_settings().vad_runtime)
 
 
 @signals.worker_ready.connect

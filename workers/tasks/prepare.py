@@ -25,7 +25,7 @@ from workers.chunking import ChunkingOptions, ChunkPlan, plan_chunks
 from workers.fetch import fetch_source
 from workers.lease import JobLease
 from workers.tasks.policy import TRANSIENT, run_job_step
-from workers.vad import speech_segments
+from workers.vad_onnx import vad_segments
 
 log = logging.getLogger("asrq.prepare")
 
@@ -123,7 +123,8 @@ def _decode_and_plan(job_id: uuid.UUID, tenant: str, source_uri: str, filename: 
         src.unlink()  # keep only one copy of a long recording on local disk
         store.put_file(pcm_key(job_id), pcm, "application/octet-stream")
         with open(pcm, "rb") as f:
-            segments = speech_segments(pcm_windows(f, settings.vad_window_s), settings.vad_max_end_silence_ms)
+            segments = vad_segments(pcm_windows(f, settings.vad_window_s), settings.vad_max_end_silence_ms,
+                                    settings.vad_runtime)
     max_chunk_s = min(settings.max_chunk_s, MAX_CHUNK_S.get(options.get("engine", ""), settings.max_chunk_s))
     plans = plan_chunks(
         segments,
