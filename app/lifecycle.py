@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import timedelta
 from typing import Protocol
 
@@ -213,12 +213,17 @@ def open_chunks(session: Session, chunk_ids: list[uuid.UUID]) -> list[ChunkWork]
 
 
 def claim_chunks(session: Session, chunk_ids: list[uuid.UUID], lease_s: float, max_attempts: int,
-                 options: dict[uuid.UUID, dict] | None = None) -> tuple[list[ChunkWork], list[ChunkWork]]:
+                 options: dict[uuid.UUID, dict] | None = None,
+                 charge: bool = True) -> tuple[list[ChunkWork], list[ChunkWork]]:
     """Take a lease on chunks nobody holds. Returns (claimed, exhausted): exhausted ones ran out of attempts.
 
     The conditional UPDATE is the lock: of two workers handed the same chunk, one wins, the other
-    gets nothing back. Each claim counts an attempt, so a chunk that kills its worker runs out, and
-    writes a fresh claim id: a worker whose lease ran out can no longer store, release or fail it.
+    gets nothing back. It writes a fresh claim id: a worker whose lease ran out can no longer store,
+    release or fail it. With ``charge``, the claim counts an attempt, so a chunk that kills its worker
+    runs out; the transcribe worker claims a batch ahead of its turn and passes False, then counts
+    the attempt when the batch's turn comes (start_chunks), so a batch claimed ahead by a worker that
+    died before running it is not charged. Either way, a chunk already started ``max_attempts`` times
+    without a result is exhausted.
     ``options`` (job id -> the job's options, as open_chunks read them) saves reading them again: the
     claim is then one statement, whatever the batch size.
     """
@@ -233,7 +238,7 @@ def claim_chunks(session: Session, chunk_ids: list[uuid.UUID], lease_s: float, m
             Chunk.job_id.in_(live_jobs),
             (Chunk.state == ChunkState.PENDING) | ((Chunk.state == ChunkState.RUNNING) & (Chunk.lease_until < now)),
         )
-        .values(state=ChunkState.RUNNING, attempts=Chunk.attempts + 1, claim_id=claim_id,
+        .values(state=ChunkState.RUNNING, attempts=Chunk.attempts + (1 if charge else 0), claim_id=claim_id,
                 lease_until=now + timedelta(seconds=lease_s), updated_at=now)
         .returning(Chunk.id, Chunk.job_id, Chunk.index, Chunk.start_ms, Chunk.end_ms, Chunk.attempts)
         .execution_options(synchronize_session=False)
@@ -247,7 +252,28 @@ def claim_chunks(session: Session, chunk_ids: list[uuid.UUID], lease_s: float, m
     if missing:
         known.update(session.execute(select(Job.id, Job.options).where(Job.id.in_(missing))).all())
     work = [ChunkWork(*r, options=known[r[1]], claim_id=claim_id) for r in claimed if r[1] in known]
-    return [w for w in work if w.attempts <= max_attempts], [w for w in work if w.attempts > max_attempts]
+    limit = max_attempts if charge else max_attempts - 1
+    return [w for w in work if w.attempts <= limit], [w for w in work if w.attempts > limit]
+
+
+def start_chunks(session: Session, work: list[ChunkWork], lease_s: float) -> list[ChunkWork]:
+    """Inference on these claimed chunks begins: count the attempt (committed before the engine runs, so
+    a chunk that kills its worker is charged) and renew the lease. Returns the chunks still held by these
+    claims, with their new attempt counts; one whose lease ran out and was taken over, or whose job
+    ended, is left out: another holder may be running it, and it must not run twice."""
+    if not work:
+        return []
+    now = utcnow()
+    res = session.execute(
+        update(Chunk)
+        .where(*_held(work))
+        .values(attempts=Chunk.attempts + 1, lease_until=now + timedelta(seconds=lease_s))
+        .returning(Chunk.id, Chunk.attempts)
+        .execution_options(synchronize_session=False)
+    )
+    attempts = dict(tuple(r) for r in res)
+    session.commit()
+    return [replace(w, attempts=attempts[w.chunk_id]) for w in work if w.chunk_id in attempts]
 
 
 def _held(work: list[ChunkWork]):  # noqa: ANN202
@@ -403,16 +429,17 @@ def release_chunks(session: Session, work: list[ChunkWork], error: str) -> None:
 
 
 def release_unreadable(session: Session, work: list[ChunkWork], error: str,
-                       limit: int | None = None) -> dict[uuid.UUID, int]:
-    """Give back chunks whose audio could not be read (storage down) without charging the attempt their
-    claim counted; returns each chunk's count of such failures, which bounds and paces its retries. A
-    chunk whose count reaches ``limit`` fails its job instead (the outage lasted too long)."""
+                       limit: int | None = None, charged: bool = True) -> dict[uuid.UUID, int]:
+    """Give back chunks whose audio could not be read (storage down) without charging an attempt (the one
+    their claim counted is given back when ``charged``); returns each chunk's count of such failures,
+    which bounds and paces its retries. A chunk whose count reaches ``limit`` fails its job instead (the
+    outage lasted too long)."""
     ids = [w.chunk_id for w in work]
     before = dict(session.execute(select(Chunk.id, Chunk.storage_failures).where(Chunk.id.in_(ids))).all())
     counts = {cid: before.get(cid, 0) + 1 for cid in ids}
     gave_up = [w for w in work if limit is not None and counts[w.chunk_id] >= limit]
     _give_back(session, [w for w in work if w not in gave_up], error,
-               attempts=Chunk.attempts - 1, storage_failures=Chunk.storage_failures + 1)
+               attempts=Chunk.attempts - (1 if charged else 0), storage_failures=Chunk.storage_failures + 1)
     fail_chunks(session, gave_up, f"{error}; gave up after {limit} tries")
     metrics.CHUNK_FAILURES.labels("storage").inc(len(work) - len(gave_up))
     return counts

@@ -72,7 +72,8 @@ class JobLease(Heartbeat):
 class HeldChunks(Heartbeat):
     """The chunks a transcribe task holds: those it was handed and has not claimed yet are kept fresh
     (a batch ahead of them may run for minutes), so the reconciler does not take them for lost; those
-    it claimed have their lease renewed while inference runs, so a short lease still hands a dead
+    it claimed have their lease renewed from the moment of the claim (add_claim), including a batch
+    claimed ahead of its turn while the one before it runs, so a short lease still hands a dead
     worker's chunks on quickly without taking them from a slow, live one."""
 
     def __init__(self, chunk_ids: list[uuid.UUID], lease_s: float, stale_s: float, max_hold_s: float) -> None:

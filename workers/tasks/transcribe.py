@@ -32,6 +32,7 @@ from app.lifecycle import (
     release_chunks,
     release_unreadable,
     save_results,
+    start_chunks,
 )
 from app.messaging import send_finalize, send_transcribe, try_send
 from app.settings import get_settings
@@ -126,12 +127,12 @@ def process_chunks(chunk_ids: list[str], worker: str, levels: dict[str, int] | N
         batches.sort(key=lambda b: level(b[0]))
         batches += [[w] for w in suspects]
         # claim and fetch the next batch's audio while the current one runs on the accelerator
-        pending: Future | None = pool.submit(_claim_and_read, batches[0])
+        pending: Future | None = pool.submit(_claim_and_read, batches[0], held)
         try:
             for n in range(len(batches)):
                 claimed, audios = pending.result()
-                held.add_claim(claimed[0].claim_id if claimed else None)
-                pending = pool.submit(_claim_and_read, batches[n + 1]) if n + 1 < len(batches) else None
+                pending = pool.submit(_claim_and_read, batches[n + 1], held) if n + 1 < len(batches) else None
+                claimed, audios = _start(claimed, audios)
                 if claimed:
                     _run_guarded(claimed, audios, worker, engines)
         finally:
@@ -178,17 +179,42 @@ def _plan(group: list[ChunkWork], engines: Engines) -> list[list[ChunkWork]]:
     return plan_batches(group, lambda w: w.duration_s, budget, settings.batch_max_requests, cost)
 
 
-def _claim_and_read(batch: list[ChunkWork]) -> tuple[list[ChunkWork], list[np.ndarray | Exception]]:
+def _claim_and_read(batch: list[ChunkWork],
+                    held: HeldChunks | None = None) -> tuple[list[ChunkWork], list[np.ndarray | Exception]]:
+    """Claim a batch ahead of its turn and read its audio. The claim is heartbeated from the moment it
+    exists (a batch ahead of it may run longer than the chunk lease) and charges no attempt: that is
+    counted when the batch's turn comes (_start)."""
     settings = get_settings()
     with session_scope() as s:
         claimed, exhausted = claim_chunks(s, [w.chunk_id for w in batch], settings.chunk_lease_s,
-                                          settings.max_attempts, options={w.job_id: w.options for w in batch})
-        for w in claimed + exhausted:
-            metrics.CHUNK_ATTEMPTS.labels(metrics.engine_of(w.options)).inc()
+                                          settings.max_attempts, options={w.job_id: w.options for w in batch},
+                                          charge=False)
+        if held is not None and claimed:
+            held.add_claim(claimed[0].claim_id)
         if exhausted:
             fail_chunks(s, exhausted, f"gave up after {settings.max_attempts} attempts (the worker died or "
                                       "timed out on this audio each time)")
     return claimed, _read_all(claimed)
+
+
+def _start(claimed: list[ChunkWork],
+           audios: list[np.ndarray | Exception]) -> tuple[list[ChunkWork], list[np.ndarray | Exception]]:
+    """A batch's turn: charge an attempt to each chunk whose audio was read (an unreadable one is given
+    back uncharged), committed before the engine runs. A chunk whose claim was lost meanwhile (taken
+    over, its job ended) is dropped: it must not run twice."""
+    readable = [w for w, a in zip(claimed, audios) if not isinstance(a, Exception)]
+    if not readable:
+        return claimed, audios
+    with session_scope() as s:
+        started = {w.chunk_id: w for w in start_chunks(s, readable, get_settings().chunk_lease_s)}
+    for w in started.values():
+        metrics.CHUNK_ATTEMPTS.labels(metrics.engine_of(w.options)).inc()
+    if len(started) < len(readable):
+        log.warning("%d claimed chunks were taken over before their turn; not running them",
+                    len(readable) - len(started))
+    keep = [(started.get(w.chunk_id, w), a) for w, a in zip(claimed, audios)
+            if isinstance(a, Exception) or w.chunk_id in started]
+    return [w for w, _ in keep], [a for _, a in keep]
 
 
 # ranged GETs of one batch's chunks run side by side (boto3's client is thread-safe; its pool holds 10
@@ -307,7 +333,7 @@ def _retry_unreadable(work: list[ChunkWork], error: Exception) -> None:
     reason = f"the prepared audio could not be read from storage ({type(error).__name__})"
     limit = transient_retry_limit()
     with session_scope() as s:
-        failures = release_unreadable(s, work, reason, limit)
+        failures = release_unreadable(s, work, reason, limit, charged=False)
     retry = [w for w in work if failures.get(w.chunk_id, 0) < limit]
     for w in retry:
         log.warning("job=%s chunk=%d %s, retry %d", w.job_id, w.index, reason, failures.get(w.chunk_id, 0))
