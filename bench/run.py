@@ -27,7 +27,7 @@ from bench import corpus, measure, report
 ROOT = Path(__file__).resolve().parents[1]
 MODEL = "bundled:tiny.en"
 BEAM = 5
-SECTIONS = ("limit", "naive", "asrq", "service", "memory", "ceiling", "vad")
+SECTIONS = ("limit", "naive", "asrq", "service", "memory", "ceiling", "vad", "feeding")
 
 
 @dataclass(frozen=True)
@@ -178,6 +178,12 @@ def main(argv: list[str] | None = None) -> int:
         probes["ceiling"] = settle(probes["start"])
         log("orchestration ceiling: the real stack with the instant engine")
         results["ceiling"] = orchestration.run(args.quick, log=log)
+    if "feeding" in sections:
+        from bench import feeding
+
+        probes["feeding"] = settle(probes["start"])
+        log("feeding: a simulated accelerator (the sim engine) behind the real transcribe worker")
+        results["feeding"] = feeding.run(args.quick, log=log)
     for key in ("limit", "naive", "asrq"):
         if key in results:
             sec = results[key]
