@@ -8,6 +8,7 @@ here; the README's state table says who owns each state.
 
 from __future__ import annotations
 
+import json
 import logging
 import uuid
 from collections.abc import Sequence
@@ -24,15 +25,14 @@ from sqlalchemy import (
     bindparam,
     case,
     cast,
-    column,
     delete,
     false,
     func,
     insert,
     select,
     update,
-    values,
 )
+from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.orm import Session
 
 from app import metrics
@@ -339,6 +339,24 @@ def save_results(session: Session, batch_id: uuid.UUID | None,
     return finished
 
 
+def _array(name: str, item):  # noqa: ANN001, ANN202
+    return cast(bindparam(name, type_=ARRAY(item)), ARRAY(item))
+
+
+_RESULTS = func.unnest(_array("r_ids", Uuid), _array("r_claims", Uuid), _array("r_texts", Text),
+                       _array("r_words", Text), _array("r_languages", String), _array("r_shares", Float),
+                       ).table_valued("id", "claim_id", "text", "words", "language", "engine_s"
+                                      ).render_derived(name="results")
+_STORE_RESULTS = (
+    update(Chunk)
+    .where(Chunk.id == _RESULTS.c.id, Chunk.state == ChunkState.RUNNING, Chunk.claim_id == _RESULTS.c.claim_id)
+    .values(text=_RESULTS.c.text, words=cast(_RESULTS.c.words, JSON), language=_RESULTS.c.language,
+            engine_s=_RESULTS.c.engine_s, state=ChunkState.DONE, batch_id=bindparam("f_batch_id"),
+            error=None, lease_until=None, updated_at=bindparam("f_updated_at"))
+    .execution_options(synchronize_session=False)
+)
+
+
 def _store_results(session: Session, batch_id: uuid.UUID | None,
                    results: list[tuple[ChunkWork, str, list, str | None]], infer_s: float | None = None) -> None:
     """One UPDATE for every chunk of a batch, each row fenced by its own claim id: it changes only while
@@ -354,18 +372,17 @@ def _store_results(session: Session, batch_id: uuid.UUID | None,
     fixed = {"state": ChunkState.DONE, "batch_id": batch_id, "error": None, "lease_until": None,
              "updated_at": utcnow()}
     if session.get_bind().dialect.name == "postgresql":
-        v = values(column("id", Uuid), column("claim_id", Uuid), column("text", Text), column("words", JSON),
-                   column("language", String), column("engine_s", Float), name="results").data(
-            [(w.chunk_id, w.claim_id, text, words, language, shares.get(w.chunk_id))
-             for w, text, words, language in rows])
-        session.execute(
-            update(Chunk)
-            .where(Chunk.id == v.c.id, Chunk.state == ChunkState.RUNNING, Chunk.claim_id == v.c.claim_id)
-            # cast: a VALUES column of NULLs alone would be typed text
-            .values(text=v.c.text, words=v.c.words, language=v.c.language, engine_s=cast(v.c.engine_s, Float),
-                    **fixed)
-            .execution_options(synchronize_session=False)
-        )
+        # the rows travel as arrays in one statement whose text never changes, so SQLAlchemy compiles it
+        # once per process (a VALUES list with the rows in it was compiled anew for every batch: 20 ms of
+        # CPU for 25 chunks, measured, on the transcribe worker's path between two batches)
+        session.execute(_STORE_RESULTS, {
+            "r_ids": [w.chunk_id for w, *_ in rows], "r_claims": [w.claim_id for w, *_ in rows],
+            "r_texts": [text for _, text, _, _ in rows],
+            "r_words": [None if words is None else json.dumps(words) for _, _, words, _ in rows],
+            "r_languages": [language for *_, language in rows],
+            "r_shares": [shares.get(w.chunk_id) for w, *_ in rows],
+            "f_batch_id": batch_id, "f_updated_at": fixed["updated_at"],
+        })
         return
     # SQLite (the embedded default, in-process: no round trips to save) has no named VALUES list:
     # one prepared UPDATE run over every row

@@ -161,6 +161,24 @@ def _load_backlog(n_chunks: int, model: str, rng: random.Random, lo_s: float, hi
     return chunk_ids, audio
 
 
+def _tree_cpu_s(pid: int) -> float:
+    import psutil
+
+    try:
+        root = psutil.Process(pid)
+        procs = [root, *root.children(recursive=True)]
+    except psutil.Error:
+        return 0.0
+    total = 0.0
+    for p in procs:
+        try:
+            t = p.cpu_times()
+            total += t.user + t.system
+        except psutil.Error:
+            pass
+    return total
+
+
 def _wait_done(chunk_ids: list, timeout_s: float) -> None:
     from sqlalchemy import func, select
 
@@ -206,18 +224,22 @@ def backlog(spec: FeedingSpec, work: Path, log=print) -> dict:  # noqa: ANN001
                 ids, audio = _load_backlog(spec.backlog_chunks, str(cards[rtfx]), rng, *spec.chunk_s)
                 log(f"feeding/backlog {rtfx}x: {len(ids)} chunks, {audio:.0f} audio-s "
                     f"({audio / rtfx:.1f} s of inference), one transcribe worker")
+                cpu0 = _tree_cpu_s(worker.popen.pid)
                 t0 = time.monotonic()
                 send_transcribe(ids)
                 _wait_done(ids, timeout_s=120 + 20 * audio / rtfx)
+                cpu = _tree_cpu_s(worker.popen.pid) - cpu0
                 rows = read_batches(batch_log, t0)
                 a = analyse(rows, budget, waiting_audio_s=audio)
                 a.update({"rtfx": rtfx, "backlog_chunks": len(ids), "backlog_audio_s": audio,
                           "head_ms": (rows[0]["start"] - t0) * 1000 if rows else None,
-                          "wall_s": time.monotonic() - t0})
+                          "wall_s": time.monotonic() - t0, "worker_cpu_ms_per_chunk": 1000 * cpu / len(ids),
+                          "loadavg": os.getloadavg()[0]})
                 out[str(rtfx)] = a
                 log(f"feeding/backlog {rtfx}x: busy {a['busy']:.3f}, fill mean {a['fill_mean'] or 0:.2f} "
                     f"(min {a['fill_min'] or 0:.2f}), gap p50 {a['gap_ms_p50']:.1f} ms, p99 {a['gap_ms_p99']:.1f} ms, "
-                    f"{a['batches']} batches of {a['mean_chunks']:.1f} chunks")
+                    f"{a['batches']} batches of {a['mean_chunks']:.1f} chunks; worker CPU "
+                    f"{a['worker_cpu_ms_per_chunk']:.1f} ms per chunk; load average {a['loadavg']:.1f}")
         finally:
             st.stop_all()
             restore_env(saved)
@@ -330,7 +352,9 @@ def details(f: dict | None) -> list[str]:
                        f"in {a['wall_s']:.1f} s; {a['batches']} batches (mean {a['mean_chunks']:.1f} chunks); busy "
                        f"{a['busy']:.3f}; fill mean {a['fill_mean'] or 0:.2f}, min {a['fill_min'] or 0:.2f}; gap p50 "
                        f"{a['gap_ms_p50']:.1f} ms, p99 {a['gap_ms_p99']:.1f} ms, max {a['gap_ms_max']:.1f} ms; first "
-                       f"batch {a['head_ms'] or 0:.0f} ms after the messages were sent")
+                       f"batch {a['head_ms'] or 0:.0f} ms after the messages were sent; transcribe worker CPU "
+                       f"{a.get('worker_cpu_ms_per_chunk', 0):.1f} ms per chunk; machine load average "
+                       f"{a.get('loadavg', 0):.1f} on {os.cpu_count()} cores")
     for p in f["live"].values():
         if isinstance(p, dict) and "label" in p:
             t = p["batches"]

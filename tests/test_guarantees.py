@@ -551,6 +551,70 @@ def test_a_worker_killed_mid_batch_charges_only_the_batch_that_ran(live, monkeyp
         {i: (ChunkState.DONE, 2 if i in ran_first else 1) for i in range(4)}
 
 
+def test_the_stream_claims_the_next_flush_while_a_batch_runs(live, monkeypatch):
+    """Issue 18: the next batch must be claimed and read while one runs, across flushes too (each flush
+    used to be one task that claimed its first batch only after the previous flush's last batch ended)."""
+    from tests.gated_engine import GatedEngine, install
+    from workers.tasks.stream import ChunkStream
+
+    _two_per_batch(monkeypatch)
+    engine = GatedEngine()
+    install(engine, monkeypatch)
+    _, ids = _add_gated_job(4)
+    stream = ChunkStream("worker-s")
+    try:
+        stream.intake([str(c) for c in ids[:2]], {}, {})  # a flush
+        assert engine.first_running.wait(60), "the first batch never reached the engine"
+        stream.intake([str(c) for c in ids[2:]], {}, {})  # the next flush, handed over while that batch runs
+        ahead = wait_until(lambda: (r := _chunk_rows(ids)) and r[2][0] == r[3][0] == ChunkState.RUNNING and r,
+                           30, 0.05, "the next flush's batch claimed ahead")
+        assert (ahead[2][1], ahead[3][1]) == (0, 0)  # claimed, not yet charged: its turn has not come
+        assert engine.ran() == [0, 1]
+    finally:
+        engine.release_first.set()
+    wait_until(lambda: {st for st, _, _ in _chunk_rows(ids).values()} == {ChunkState.DONE}, 30, 0.05, "all done")
+    stream.close()
+    assert engine.ran() == [0, 1, 2, 3]
+
+
+def test_a_stopping_stream_finishes_its_batch_and_gives_back_the_rest(live, monkeypatch):
+    """Warm shutdown: the running batch is stored; the batch claimed ahead and the chunks waiting go back
+    (PENDING, no attempt charged) with their messages sent again, at once rather than at lease end."""
+    from tests.gated_engine import GatedEngine, install
+    from workers.tasks.stream import ChunkStream
+
+    from workers.tasks import transcribe
+
+    _two_per_batch(monkeypatch)
+    engine = GatedEngine()
+    install(engine, monkeypatch)
+    resent: list[str] = []
+    send = transcribe.send_transcribe
+
+    def record(chunk_ids, **kw):  # noqa: ANN001, ANN003, ANN202
+        resent.extend(str(c) for c in chunk_ids)
+        return send(chunk_ids, **kw)
+
+    monkeypatch.setattr(transcribe, "send_transcribe", record)
+    _, ids = _add_gated_job(4)
+    stream = ChunkStream("worker-s")
+    stream.intake([str(c) for c in ids], {}, {})
+    assert engine.first_running.wait(60), "the first batch never reached the engine"
+    wait_until(lambda: all(st == ChunkState.RUNNING for st, _, _ in _chunk_rows(ids).values()), 30, 0.05,
+               "the next batch claimed ahead")
+    closing = threading.Thread(target=stream.close, daemon=True)
+    closing.start()
+    engine.release_first.set()
+    closing.join(60)
+    assert not closing.is_alive()
+    rows = _chunk_rows(ids)
+    ran = set(engine.batches[0])
+    assert len(engine.batches) == 1
+    assert {i: (st, n) for i, (st, n, _) in rows.items()} == \
+        {i: (ChunkState.DONE, 1) if i in ran else (ChunkState.PENDING, 0) for i in range(4)}
+    assert sorted(resent) == sorted(str(ids[i]) for i in range(4) if i not in ran)  # their messages go again
+
+
 # ---- lock order ---------------------------------------------------------------------------------------------------
 
 

@@ -1,24 +1,26 @@
 """transcribe: a batch of chunk messages from many jobs -> batched inference -> chunk results.
 
 celery-batches hands this task every chunk message that arrived within the flush interval (up to
-``batch_max_requests``). It acks them all when the task returns, whatever happened, so this task
-records every chunk's outcome itself: done, given back and re-sent, or failed with its job.
+``batch_max_requests``); the task hands them to this process's stream (workers/tasks/stream.py), which
+plans, claims and reads the next batch while one runs, across flushes, and returns. celery-batches acks
+the messages then, whatever happened, so the stream records every chunk's outcome itself: done, given
+back and re-sent, or failed with its job. The pieces here (claim and read, start, run, store) are the
+stream's; ``process_chunks`` runs one set of chunks to its end in the calling thread.
 """
 
 from __future__ import annotations
 
 import logging
-import socket
 import time
 import uuid
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 
 import numpy as np
-from celery_batches import Batches
 from sqlalchemy.exc import DBAPIError, OperationalError
 
 from app import metrics
-from app.constants import TASK_TRANSCRIBE, pcm_key
+from app.constants import pcm_key
 from app.db.session import session_scope
 from app.errors import ModelUnavailable, PermanentError
 from app.lifecycle import (
@@ -39,7 +41,6 @@ from app.settings import get_settings
 from app.storage import ObjectNotFound, get_store
 from workers.audio import ms_to_byte, pcm_to_float
 from workers.batching import group_by, plan_batches, run_splitting_on_oom
-from workers.celery_app import app
 from workers.engines.base import DecodeOptions, Engine, EngineOutOfMemory
 from workers.engines.registry import get_engine
 from workers.lease import HeldChunks
@@ -49,54 +50,10 @@ from workers.tasks.policy import TRANSIENT, backoff_s, transient_retry_limit
 
 # the database failing under a result write: not the chunk's fault, so not charged to it
 TRANSIENT_STORE = (OperationalError, DBAPIError)
+# records one batch's results: (chunks, their texts, inference seconds, worker, engine spec)
+Store = Callable[[list[ChunkWork], list, float, str, str], None]
 
 log = logging.getLogger("asrq.transcribe")
-_settings = get_settings()
-
-
-class ReconnectSafeBatches(Batches):
-    """celery-batches arms its flush timer once, on the first message. When the broker connection drops,
-    the worker clears its timers and rebuilds task strategies; the old timer entry is gone but still
-    looks armed, so buffered chunks would wait until a full batch arrives (measured: minutes after a
-    Redis restart). A fresh strategy starts with a fresh timer."""
-
-    def Strategy(self, task, app, consumer):  # noqa: ANN001, ANN201, N802
-        if self._tref is not None:
-            self._tref.cancel()
-        self._tref = None
-        return super().Strategy(task, app, consumer)
-
-
-@app.task(name=TASK_TRANSCRIBE, base=ReconnectSafeBatches, flush_every=_settings.batch_max_requests,
-          flush_interval=_settings.batch_flush_interval_s, acks_late=True)
-def transcribe(requests) -> None:  # noqa: ANN001
-    chunk_ids = [r.args[0] for r in requests if r.args]
-    # each message's fair-share level (app/fair_share.py): the batches of the least served tenants run first
-    levels = {str(r.args[0]): int((r.delivery_info or {}).get("priority") or 0) for r in requests if r.args}
-    worker = (requests[0].hostname if requests else None) or socket.gethostname()
-    try:
-        process_chunks(chunk_ids, worker, levels)
-    except TRANSIENT as e:
-        # could not even claim or record (database or storage down): send the messages again later
-        log.warning("transcribe of %d chunks deferred: %s", len(chunk_ids), type(e).__name__)
-        try_send(lambda ids: send_transcribe(ids, countdown=backoff_s(3)), chunk_ids)
-    except Exception:  # noqa: BLE001 - the batch is acked whatever happens; the reconciler re-sends
-        log.exception("transcribe batch of %d chunks failed", len(chunk_ids))
-    _report_to_monitors(requests, worker)
-
-
-def _report_to_monitors(requests, worker: str) -> None:  # noqa: ANN001
-    """celery-batches runs one task for many messages and sends no per-message events, so Flower would
-    show every chunk task as pending forever. Send what a plain task would: one task-succeeded each
-    (the chunk's own outcome lives in the database; the message itself was handled)."""
-    if not app.conf.worker_send_task_events or not requests:
-        return
-    try:
-        with app.events.default_dispatcher(hostname=worker) as dispatcher:
-            for r in requests:
-                dispatcher.send("task-succeeded", uuid=r.id, result="None", runtime=0.0)
-    except Exception as e:  # noqa: BLE001 - monitoring must never fail the work
-        log.debug("task events not sent: %s", e)
 
 
 def _options_key(w: ChunkWork) -> tuple:
@@ -167,8 +124,14 @@ def _plan(group: list[ChunkWork], engines: Engines) -> list[list[ChunkWork]]:
     """One option set's chunks -> batches, within the engine's budget: on CUDA sized from the card's
     free memory and the model's measured cost (engines/base.py), on CPU the configured one. An engine
     that cannot load is planned with the configured budget; its batches then meet the error."""
+    budget, cost = _budget(group, engines)
+    return plan_batches(group, lambda w: w.duration_s, budget, get_settings().batch_max_requests, cost)
+
+
+def _budget(group: list[ChunkWork], engines: Engines) -> tuple[float, Callable[[ChunkWork], float]]:
+    """(audio-seconds a batch of this option set may hold, what one chunk costs of them)."""
     settings = get_settings()
-    budget, cost = settings.batch_audio_s, None
+    budget, cost = settings.batch_audio_s, (lambda w: w.duration_s)
     try:
         engine = engines.get(group[0].options)
         budget, padded = engine.batch_plan(settings.batch_audio_s, settings.gpu_memory_fraction,
@@ -176,7 +139,7 @@ def _plan(group: list[ChunkWork], engines: Engines) -> list[list[ChunkWork]]:
         cost = (lambda w: padded(w.duration_s))
     except Exception as e:  # noqa: BLE001 - met again, and handled, when its batch runs
         log.debug("planning with the configured budget: %s", type(e).__name__)
-    return plan_batches(group, lambda w: w.duration_s, budget, settings.batch_max_requests, cost)
+    return budget, cost
 
 
 def _claim_and_read(batch: list[ChunkWork],
@@ -190,7 +153,7 @@ def _claim_and_read(batch: list[ChunkWork],
                                           settings.max_attempts, options={w.job_id: w.options for w in batch},
                                           charge=False)
         if held is not None and claimed:
-            held.add_claim(claimed[0].claim_id)
+            held.add_claim(claimed[0].claim_id, [w.chunk_id for w in claimed])
         if exhausted:
             fail_chunks(s, exhausted, f"gave up after {settings.max_attempts} attempts (the worker died or "
                                       "timed out on this audio each time)")
@@ -251,11 +214,12 @@ def _give_back_quietly(work: list[ChunkWork], reason: str) -> None:
 
 
 def _run_guarded(batch: list[ChunkWork], audios: list[np.ndarray | Exception], worker: str,
-                 engines: Engines | None = None) -> None:
+                 engines: Engines | None = None, store: Store | None = None) -> None:
     """One batch's outcome is recorded whatever goes wrong: a bug or an outage while handling it gives
-    its chunks back instead of leaving them claimed until their lease ends."""
+    its chunks back instead of leaving them claimed until their lease ends. ``store`` records a batch's
+    results (default: at once, here; the stream hands them to a thread so the next batch starts)."""
     try:
-        _run_batch(batch, audios, worker, engines or Engines())
+        _run_batch(batch, audios, worker, engines or Engines(), store or _store_results)
     except Exception as e:  # noqa: BLE001
         log.warning("batch of %d chunks could not be handled (%s); giving it back", len(batch), type(e).__name__,
                     exc_info=not isinstance(e, TRANSIENT))
@@ -263,7 +227,8 @@ def _run_guarded(batch: list[ChunkWork], audios: list[np.ndarray | Exception], w
 
 
 def _run_batch(batch: list[ChunkWork], audios: list[np.ndarray | Exception], worker: str,
-               engines: Engines) -> None:
+               engines: Engines, store: Store | None = None) -> None:
+    store = store or _store_results
     settings = get_settings()
     ok = [(w, a) for w, a in zip(batch, audios) if not isinstance(a, Exception)]
     missing = [w for w, a in zip(batch, audios) if isinstance(a, ObjectNotFound)]
@@ -302,7 +267,7 @@ def _run_batch(batch: list[ChunkWork], audios: list[np.ndarray | Exception], wor
     def infer(pairs: list[tuple[ChunkWork, np.ndarray]]) -> list:
         t0 = time.monotonic()
         texts = engine.transcribe_batch([a for _, a in pairs], options)
-        _store_results([w for w, _ in pairs], texts, time.monotonic() - t0, worker, str(engine.spec))
+        store([w for w, _ in pairs], texts, time.monotonic() - t0, worker, str(engine.spec))
         return texts
 
     try:
@@ -314,7 +279,7 @@ def _run_batch(batch: list[ChunkWork], audios: list[np.ndarray | Exception], wor
             # one bad chunk must not sink its batch-mates: retry each alone to isolate it
             log.warning("batch of %d failed (%s); retrying chunks one by one", len(ok), type(e).__name__)
             for pair in ok:
-                _run_guarded([pair[0]], [pair[1]], worker, engines)
+                _run_guarded([pair[0]], [pair[1]], worker, engines, store)
             return
         w = ok[0][0]
         reason = str(e) if isinstance(e, PermanentError) else f"inference failed: {type(e).__name__}"
