@@ -16,7 +16,7 @@ import uuid
 from collections.abc import Callable
 
 from app.db.models import JobState
-from app.db.session import session_scope
+from app.db.session import relax_commit, session_scope
 from app.lifecycle import renew_job_lease, touch_held
 
 log = logging.getLogger("asrq.lease")
@@ -94,6 +94,7 @@ class HeldChunks(Heartbeat):
                 claims, ids = set(self.claims), list(self.chunk_ids)
             if ids:
                 with session_scope() as s:
+                    relax_commit(s)
                     touch_held(s, ids, claims, lease_s)
             return True
 

@@ -48,7 +48,7 @@ log = logging.getLogger("asrq.stream")
 # stream up to this long after it, so a poison chunk does not delay a backlog, nor wait behind all of it
 SUSPECT_DELAY_S = 2.0
 # a chunk waits at most this long for its batch to fill while full batches of others go first
-MAX_WAIT_S = 2.0
+MAX_WAIT_S = 10.0
 
 
 @dataclass

@@ -21,7 +21,7 @@ from sqlalchemy.exc import DBAPIError, OperationalError
 
 from app import metrics
 from app.constants import pcm_key
-from app.db.session import session_scope
+from app.db.session import relax_commit, session_scope
 from app.errors import ModelUnavailable, PermanentError
 from app.lifecycle import (
     ChunkWork,
@@ -149,6 +149,7 @@ def _claim_and_read(batch: list[ChunkWork],
     counted when the batch's turn comes (_start)."""
     settings = get_settings()
     with session_scope() as s:
+        relax_commit(s)
         claimed, exhausted = claim_chunks(s, [w.chunk_id for w in batch], settings.chunk_lease_s,
                                           settings.max_attempts, options={w.job_id: w.options for w in batch},
                                           charge=False)
@@ -169,6 +170,7 @@ def _start(claimed: list[ChunkWork],
     if not readable:
         return claimed, audios
     with session_scope() as s:
+        relax_commit(s)
         started = {w.chunk_id: w for w in start_chunks(s, readable, get_settings().chunk_lease_s)}
     for w in started.values():
         metrics.CHUNK_ATTEMPTS.labels(metrics.engine_of(w.options)).inc()
