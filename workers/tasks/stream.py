@@ -63,7 +63,7 @@ class ChunkStream:
         self._t = t
         s = get_settings()
         self.worker = worker
-        self.window = 2 * s.batch_max_requests  # chunks held waiting for a batch; intake blocks above it
+        self.window = 4 * s.batch_max_requests  # chunks held waiting for a batch; intake blocks above it
         self.wait_fill_s = s.batch_flush_interval_s
         self._pool: dict[uuid.UUID, _Held] = {}
         self._requests: dict[uuid.UUID, list[tuple[str, float]]] = {}  # chunk -> its messages (id, intake time)
