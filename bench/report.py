@@ -64,6 +64,10 @@ def checks(r: dict) -> list[Check]:
         from bench import orchestration
 
         out += orchestration.checks(r["ceiling"])
+    if "feeding" in r:
+        from bench import feeding
+
+        out += feeding.checks(r["feeding"])
     if "vad" in r:
         from bench import vad_speed
 
@@ -134,6 +138,10 @@ def console(r: dict) -> str:
         from bench import orchestration
 
         lines += orchestration.summary(r["ceiling"])
+    if "feeding" in r:
+        from bench import feeding
+
+        lines += feeding.summary(r["feeding"])
     if "vad" in r:
         from bench import vad_speed
 
@@ -255,6 +263,10 @@ def details(r: dict) -> list[str]:
         from bench import orchestration
 
         out += orchestration.details(r["ceiling"])
+    if "feeding" in r:
+        from bench import feeding
+
+        out += feeding.details(r["feeding"])
     if "vad" in r:
         from bench import vad_speed
 

@@ -27,7 +27,7 @@ from bench import corpus, measure, report
 ROOT = Path(__file__).resolve().parents[1]
 MODEL = "bundled:tiny.en"
 BEAM = 5
-SECTIONS = ("limit", "naive", "asrq", "service", "memory", "ceiling", "vad", "scale", "laptop")
+SECTIONS = ("limit", "naive", "asrq", "service", "memory", "ceiling", "vad", "scale", "laptop", "feeding")
 
 
 @dataclass(frozen=True)
@@ -189,6 +189,12 @@ def main(argv: list[str] | None = None) -> int:
         probes["scale"] = settle(probes["start"])
         log("scale: publishing 10,000 messages, one reconcile pass behind a backlog")
         results["scale"] = scale.run(args.quick, log=log)
+    if "feeding" in sections:
+        from bench import feeding
+
+        probes["feeding"] = settle(probes["start"])
+        log("feeding: a simulated accelerator (the sim engine) behind the real transcribe worker")
+        results["feeding"] = feeding.run(args.quick, log=log)
     for key in ("limit", "naive", "asrq"):
         if key in results:
             sec = results[key]

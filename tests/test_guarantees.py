@@ -18,7 +18,7 @@ from sqlalchemy import func, select, update
 
 from app.db.models import Chunk, ChunkState, Job, JobState, utcnow
 from tests.conftest import REDIS_TEST_DB
-from tests.services import fresh_celery_app, postgres_database, redis_db
+from tests.services import fresh_celery_app, postgres_database, redis_db, wait_until
 
 STALE_S = 2.0
 
@@ -619,6 +619,170 @@ def test_reconciler_finalizes_a_job_whose_completion_was_missed(live):
     assert reconcile_once()["finalize"] == 1
     assert _job(jid).state == JobState.FINALIZING
     assert live.queue_len("finalize") == 1
+
+
+# ---- a batch claimed ahead of its turn (issue 17, finding 1) -------------------------------------------------------
+
+
+def _add_gated_job(n: int) -> tuple[uuid.UUID, list[uuid.UUID]]:
+    """A TRANSCRIBING job of ``n`` one-second chunks for tests/gated_engine.py, its PCM in storage."""
+    from app.constants import pcm_key
+    from app.storage import get_store
+    from tests.gated_engine import OPTIONS, chunk_pcm
+
+    jid = _add_job(JobState.TRANSCRIBING, dict(OPTIONS), stale=False)
+    ids = _add_chunks(jid, n, stale=False)
+    get_store().put_bytes(pcm_key(jid), chunk_pcm(n))
+    return jid, ids
+
+
+def _chunk_rows(ids: list[uuid.UUID]) -> dict[int, tuple]:
+    """index -> (state, attempts, lease_until)"""
+    with _session() as s:
+        rows = s.execute(select(Chunk.index, Chunk.state, Chunk.attempts, Chunk.lease_until)
+                         .where(Chunk.id.in_(ids))).all()
+    return {r[0]: tuple(r[1:]) for r in rows}
+
+
+def _two_per_batch(monkeypatch, lease_s: float | None = None) -> None:  # noqa: ANN001
+    from app.settings import get_settings
+
+    monkeypatch.setenv("ASRQ_BATCH_MAX_REQUESTS", "2")
+    if lease_s is not None:
+        monkeypatch.setenv("ASRQ_CHUNK_LEASE_S", str(lease_s))
+    get_settings.cache_clear()
+
+
+def test_a_batch_claimed_ahead_is_held_while_the_one_before_outlasts_the_lease(live, monkeypatch):
+    """The worker claims batch n+1 while batch n runs. Its claim used to be renewed only from its own
+    turn, so a batch n longer than the chunk lease let it lapse: a second worker took those chunks and
+    the engine ran them twice. Every claim is now heartbeated from the moment it is made."""
+    from tests.gated_engine import GatedEngine, install
+    from workers.tasks.transcribe import process_chunks
+
+    _two_per_batch(monkeypatch, lease_s=1.5)
+    engine = GatedEngine()
+    install(engine, monkeypatch)
+    _, ids = _add_gated_job(4)
+    handed = [str(c) for c in ids]
+    a = threading.Thread(target=process_chunks, args=(handed, "worker-a"), daemon=True)
+    a.start()
+    try:
+        assert engine.first_running.wait(60), "the first batch never reached the engine"
+        rows = wait_until(lambda: (r := _chunk_rows(ids)) and
+                          all(st == ChunkState.RUNNING for st, _, _ in r.values()) and r,
+                          30, 0.05, "the batch ahead claimed")
+        # the first batch outlasts every lease as it was claimed: a claim nobody renews has run out now
+        time.sleep(max(0.0, (max(lease for _, _, lease in rows.values()) - utcnow()).total_seconds()) + 1.0)
+        # a second worker is handed the same chunks (the reconciler re-sends a chunk whose lease ran out)
+        process_chunks(handed, "worker-b")
+    finally:
+        engine.release_first.set()
+        a.join(60)
+    assert engine.ran() == [0, 1, 2, 3], engine.batches  # each chunk ran once
+    assert {st for st, _, _ in _chunk_rows(ids).values()} == {ChunkState.DONE}
+
+
+def test_a_worker_killed_mid_batch_charges_only_the_batch_that_ran(live, monkeypatch):
+    """The batch a worker claimed ahead never ran when the worker dies in the batch before it (a poison
+    chunk): it used to be charged an attempt all the same, so an innocent neighbour of a poison chunk
+    could run out of attempts. An attempt is now counted when a batch's turn comes."""
+    import os
+    import subprocess
+    import sys
+
+    from tests.gated_engine import GatedEngine, install
+    from workers.tasks.transcribe import process_chunks
+
+    _two_per_batch(monkeypatch, lease_s=2.0)
+    _, ids = _add_gated_job(4)
+    root = Path(__file__).resolve().parent.parent
+    worker = subprocess.Popen([sys.executable, "-m", "tests.gated_engine", *map(str, ids)], cwd=root,
+                              env=dict(os.environ))
+    try:
+        # its first batch is in the engine (charged, committed first), the next one claimed ahead
+        rows = wait_until(lambda: (r := _chunk_rows(ids)) and all(st == ChunkState.RUNNING for st, _, _ in r.values())
+                          and sum(n for _, n, _ in r.values()) >= 2 and r, 120, 0.05, "a batch running, one ahead")
+    finally:
+        worker.kill()
+        worker.wait(30)
+    rows = _chunk_rows(ids)
+    assert sorted(n for _, n, _ in rows.values()) == [0, 0, 1, 1], rows
+    ran_first = {i for i, (_, n, _) in rows.items() if n == 1}
+    # the leases of the dead worker's claims run out; the next worker runs everything
+    time.sleep(max(0.0, (max(lease for _, _, lease in rows.values()) - utcnow()).total_seconds()) + 0.2)
+    engine = GatedEngine()
+    engine.release_first.set()
+    install(engine, monkeypatch)
+    process_chunks([str(c) for c in ids], "worker-b")
+    assert engine.ran() == [0, 1, 2, 3]
+    rows = _chunk_rows(ids)
+    assert {i: (st, n) for i, (st, n, _) in rows.items()} == \
+        {i: (ChunkState.DONE, 2 if i in ran_first else 1) for i in range(4)}
+
+
+def test_the_stream_claims_the_next_flush_while_a_batch_runs(live, monkeypatch):
+    """Issue 18: the next batch must be claimed and read while one runs, across flushes too (each flush
+    used to be one task that claimed its first batch only after the previous flush's last batch ended)."""
+    from tests.gated_engine import GatedEngine, install
+    from workers.tasks.stream import ChunkStream
+
+    _two_per_batch(monkeypatch)
+    engine = GatedEngine()
+    install(engine, monkeypatch)
+    _, ids = _add_gated_job(4)
+    stream = ChunkStream("worker-s")
+    try:
+        stream.intake([str(c) for c in ids[:2]], {}, {})  # a flush
+        assert engine.first_running.wait(60), "the first batch never reached the engine"
+        stream.intake([str(c) for c in ids[2:]], {}, {})  # the next flush, handed over while that batch runs
+        ahead = wait_until(lambda: (r := _chunk_rows(ids)) and r[2][0] == r[3][0] == ChunkState.RUNNING and r,
+                           30, 0.05, "the next flush's batch claimed ahead")
+        assert (ahead[2][1], ahead[3][1]) == (0, 0)  # claimed, not yet charged: its turn has not come
+        assert engine.ran() == [0, 1]
+    finally:
+        engine.release_first.set()
+    wait_until(lambda: {st for st, _, _ in _chunk_rows(ids).values()} == {ChunkState.DONE}, 30, 0.05, "all done")
+    stream.close()
+    assert engine.ran() == [0, 1, 2, 3]
+
+
+def test_a_stopping_stream_finishes_its_batch_and_gives_back_the_rest(live, monkeypatch):
+    """Warm shutdown: the running batch is stored; the batch claimed ahead and the chunks waiting go back
+    (PENDING, no attempt charged) with their messages sent again, at once rather than at lease end."""
+    from tests.gated_engine import GatedEngine, install
+    from workers.tasks.stream import ChunkStream
+
+    from workers.tasks import transcribe
+
+    _two_per_batch(monkeypatch)
+    engine = GatedEngine()
+    install(engine, monkeypatch)
+    resent: list[str] = []
+    send = transcribe.send_transcribe
+
+    def record(chunk_ids, **kw):  # noqa: ANN001, ANN003, ANN202
+        resent.extend(str(c) for c in chunk_ids)
+        return send(chunk_ids, **kw)
+
+    monkeypatch.setattr(transcribe, "send_transcribe", record)
+    _, ids = _add_gated_job(4)
+    stream = ChunkStream("worker-s")
+    stream.intake([str(c) for c in ids], {}, {})
+    assert engine.first_running.wait(60), "the first batch never reached the engine"
+    wait_until(lambda: all(st == ChunkState.RUNNING for st, _, _ in _chunk_rows(ids).values()), 30, 0.05,
+               "the next batch claimed ahead")
+    closing = threading.Thread(target=stream.close, daemon=True)
+    closing.start()
+    engine.release_first.set()
+    closing.join(60)
+    assert not closing.is_alive()
+    rows = _chunk_rows(ids)
+    ran = set(engine.batches[0])
+    assert len(engine.batches) == 1
+    assert {i: (st, n) for i, (st, n, _) in rows.items()} == \
+        {i: (ChunkState.DONE, 1) if i in ran else (ChunkState.PENDING, 0) for i in range(4)}
+    assert sorted(resent) == sorted(str(ids[i]) for i in range(4) if i not in ran)  # their messages go again
 
 
 # ---- lock order ---------------------------------------------------------------------------------------------------

@@ -16,7 +16,7 @@ import uuid
 from collections.abc import Callable
 
 from app.db.models import JobState
-from app.db.session import session_scope
+from app.db.session import relax_commit, session_scope
 from app.lifecycle import renew_job_lease, touch_held
 
 log = logging.getLogger("asrq.lease")
@@ -30,10 +30,12 @@ class Heartbeat:
     def __init__(self, name: str, every_s: float, max_hold_s: float, beat: Callable[[], bool]) -> None:
         self.every_s, self.max_hold_s, self._beat_fn = every_s, max_hold_s, beat
         self.stopped_by_beat = False
+        self._deadline = time.monotonic() + max_hold_s
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
 
     def __enter__(self) -> "Heartbeat":
+        self._deadline = time.monotonic() + self.max_hold_s
         self._thread.start()
         return self
 
@@ -41,9 +43,15 @@ class Heartbeat:
         self._stop.set()
         self._thread.join(timeout=10)
 
+    def progress(self) -> None:
+        """The work moved on (a long-running holder began its next piece): ``max_hold_s`` counts from now.
+        A holder silent past it gets no beats until it moves again."""
+        self._deadline = time.monotonic() + self.max_hold_s
+
     def _run(self) -> None:
-        deadline = time.monotonic() + self.max_hold_s
-        while not self._stop.wait(self.every_s) and time.monotonic() < deadline:
+        while not self._stop.wait(self.every_s):
+            if time.monotonic() > self._deadline:
+                continue  # hung: let the leases run out
             try:
                 if not self._beat_fn():
                     self.stopped_by_beat = True
@@ -72,18 +80,22 @@ class JobLease(Heartbeat):
 class HeldChunks(Heartbeat):
     """The chunks a transcribe task holds: those it was handed and has not claimed yet are kept fresh
     (a batch ahead of them may run for minutes), so the reconciler does not take them for lost; those
-    it claimed have their lease renewed while inference runs, so a short lease still hands a dead
+    it claimed have their lease renewed from the moment of the claim (add_claim), including a batch
+    claimed ahead of its turn while the one before it runs, so a short lease still hands a dead
     worker's chunks on quickly without taking them from a slow, live one."""
 
     def __init__(self, chunk_ids: list[uuid.UUID], lease_s: float, stale_s: float, max_hold_s: float) -> None:
-        self.claims: set[uuid.UUID] = set()
+        self.claims: dict[uuid.UUID, set[uuid.UUID] | None] = {}  # claim id -> its chunks (None: not told)
+        self.chunk_ids: set[uuid.UUID] = set(chunk_ids)
         self._lock = threading.Lock()
 
         def beat() -> bool:
             with self._lock:
-                claims = set(self.claims)
-            with session_scope() as s:
-                touch_held(s, chunk_ids, claims, lease_s)
+                claims, ids = set(self.claims), list(self.chunk_ids)
+            if ids:
+                with session_scope() as s:
+                    relax_commit(s)
+                    touch_held(s, ids, claims, lease_s)
             return True
 
         # four beats per lease and per stale period: the reconciler must never see a held chunk as still
@@ -98,7 +110,24 @@ class HeldChunks(Heartbeat):
         super().__enter__()
         return self
 
-    def add_claim(self, claim_id: uuid.UUID | None) -> None:
+    def add_claim(self, claim_id: uuid.UUID | None, chunk_ids: list[uuid.UUID] | None = None) -> None:
         if claim_id is not None:
             with self._lock:
-                self.claims.add(claim_id)
+                self.claims[claim_id] = set(chunk_ids) if chunk_ids is not None else None
+
+    def hold(self, chunk_ids: list[uuid.UUID]) -> None:
+        """More chunks handed to this holder (a long-running consumer's next messages)."""
+        with self._lock:
+            self.chunk_ids.update(chunk_ids)
+
+    def drop(self, chunk_ids: list[uuid.UUID]) -> None:
+        """Chunks this holder is done with (stored, failed or given back): no longer touched; a claim
+        whose chunks are all dropped is forgotten."""
+        gone = set(chunk_ids)
+        with self._lock:
+            self.chunk_ids -= gone
+            for claim, ids in list(self.claims.items()):
+                if ids is not None:
+                    ids -= gone
+                    if not ids:
+                        del self.claims[claim]

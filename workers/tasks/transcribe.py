@@ -1,25 +1,27 @@
 """transcribe: a batch of chunk messages from many jobs -> batched inference -> chunk results.
 
 celery-batches hands this task every chunk message that arrived within the flush interval (up to
-``batch_max_requests``). It acks them all when the task returns, whatever happened, so this task
-records every chunk's outcome itself: done, given back and re-sent, or failed with its job.
+``batch_max_requests``); the task hands them to this process's stream (workers/tasks/stream.py), which
+plans, claims and reads the next batch while one runs, across flushes, and returns. celery-batches acks
+the messages then, whatever happened, so the stream records every chunk's outcome itself: done, given
+back and re-sent, or failed with its job. The pieces here (claim and read, start, run, store) are the
+stream's; ``process_chunks`` runs one set of chunks to its end in the calling thread.
 """
 
 from __future__ import annotations
 
 import logging
-import socket
 import time
 import uuid
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 
 import numpy as np
-from celery_batches import Batches
 from sqlalchemy.exc import DBAPIError, OperationalError
 
 from app import metrics
-from app.constants import TASK_TRANSCRIBE, pcm_key
-from app.db.session import session_scope
+from app.constants import pcm_key
+from app.db.session import relax_commit, session_scope
 from app.errors import ModelUnavailable, PermanentError
 from app.lifecycle import (
     ChunkWork,
@@ -32,13 +34,13 @@ from app.lifecycle import (
     release_chunks,
     release_unreadable,
     save_results,
+    start_chunks,
 )
 from app.messaging import send_finalize, send_transcribe, try_send
 from app.settings import get_settings
 from app.storage import ObjectNotFound, get_store
 from workers.audio import ms_to_byte, pcm_to_float
 from workers.batching import group_by, plan_batches, run_splitting_on_oom
-from workers.celery_app import app
 from workers.engines.base import DecodeOptions, Engine, EngineOutOfMemory
 from workers.engines.registry import get_engine
 from workers.lease import HeldChunks
@@ -48,54 +50,10 @@ from workers.tasks.policy import TRANSIENT, backoff_s, transient_retry_limit
 
 # the database failing under a result write: not the chunk's fault, so not charged to it
 TRANSIENT_STORE = (OperationalError, DBAPIError)
+# records one batch's results: (chunks, their texts, inference seconds, worker, engine spec)
+Store = Callable[[list[ChunkWork], list, float, str, str], None]
 
 log = logging.getLogger("asrq.transcribe")
-_settings = get_settings()
-
-
-class ReconnectSafeBatches(Batches):
-    """celery-batches arms its flush timer once, on the first message. When the broker connection drops,
-    the worker clears its timers and rebuilds task strategies; the old timer entry is gone but still
-    looks armed, so buffered chunks would wait until a full batch arrives (measured: minutes after a
-    Redis restart). A fresh strategy starts with a fresh timer."""
-
-    def Strategy(self, task, app, consumer):  # noqa: ANN001, ANN201, N802
-        if self._tref is not None:
-            self._tref.cancel()
-        self._tref = None
-        return super().Strategy(task, app, consumer)
-
-
-@app.task(name=TASK_TRANSCRIBE, base=ReconnectSafeBatches, flush_every=_settings.batch_max_requests,
-          flush_interval=_settings.batch_flush_interval_s, acks_late=True)
-def transcribe(requests) -> None:  # noqa: ANN001
-    chunk_ids = [r.args[0] for r in requests if r.args]
-    # each message's fair-share level (app/fair_share.py): the batches of the least served tenants run first
-    levels = {str(r.args[0]): int((r.delivery_info or {}).get("priority") or 0) for r in requests if r.args}
-    worker = (requests[0].hostname if requests else None) or socket.gethostname()
-    try:
-        process_chunks(chunk_ids, worker, levels)
-    except TRANSIENT as e:
-        # could not even claim or record (database or storage down): send the messages again later
-        log.warning("transcribe of %d chunks deferred: %s", len(chunk_ids), type(e).__name__)
-        try_send(lambda ids: send_transcribe(ids, countdown=backoff_s(3)), chunk_ids)
-    except Exception:  # noqa: BLE001 - the batch is acked whatever happens; the reconciler re-sends
-        log.exception("transcribe batch of %d chunks failed", len(chunk_ids))
-    _report_to_monitors(requests, worker)
-
-
-def _report_to_monitors(requests, worker: str) -> None:  # noqa: ANN001
-    """celery-batches runs one task for many messages and sends no per-message events, so Flower would
-    show every chunk task as pending forever. Send what a plain task would: one task-succeeded each
-    (the chunk's own outcome lives in the database; the message itself was handled)."""
-    if not app.conf.worker_send_task_events or not requests:
-        return
-    try:
-        with app.events.default_dispatcher(hostname=worker) as dispatcher:
-            for r in requests:
-                dispatcher.send("task-succeeded", uuid=r.id, result="None", runtime=0.0)
-    except Exception as e:  # noqa: BLE001 - monitoring must never fail the work
-        log.debug("task events not sent: %s", e)
 
 
 def _options_key(w: ChunkWork) -> tuple:
@@ -126,12 +84,12 @@ def process_chunks(chunk_ids: list[str], worker: str, levels: dict[str, int] | N
         batches.sort(key=lambda b: level(b[0]))
         batches += [[w] for w in suspects]
         # claim and fetch the next batch's audio while the current one runs on the accelerator
-        pending: Future | None = pool.submit(_claim_and_read, batches[0])
+        pending: Future | None = pool.submit(_claim_and_read, batches[0], held)
         try:
             for n in range(len(batches)):
                 claimed, audios = pending.result()
-                held.add_claim(claimed[0].claim_id if claimed else None)
-                pending = pool.submit(_claim_and_read, batches[n + 1]) if n + 1 < len(batches) else None
+                pending = pool.submit(_claim_and_read, batches[n + 1], held) if n + 1 < len(batches) else None
+                claimed, audios = _start(claimed, audios)
                 if claimed:
                     _run_guarded(claimed, audios, worker, engines)
         finally:
@@ -166,8 +124,14 @@ def _plan(group: list[ChunkWork], engines: Engines) -> list[list[ChunkWork]]:
     """One option set's chunks -> batches, within the engine's budget: on CUDA sized from the card's
     free memory and the model's measured cost (engines/base.py), on CPU the configured one. An engine
     that cannot load is planned with the configured budget; its batches then meet the error."""
+    budget, cost = _budget(group, engines)
+    return plan_batches(group, lambda w: w.duration_s, budget, get_settings().batch_max_requests, cost)
+
+
+def _budget(group: list[ChunkWork], engines: Engines) -> tuple[float, Callable[[ChunkWork], float]]:
+    """(audio-seconds a batch of this option set may hold, what one chunk costs of them)."""
     settings = get_settings()
-    budget, cost = settings.batch_audio_s, None
+    budget, cost = settings.batch_audio_s, (lambda w: w.duration_s)
     try:
         engine = engines.get(group[0].options)
         budget, padded = engine.batch_plan(settings.batch_audio_s, settings.gpu_memory_fraction,
@@ -175,20 +139,47 @@ def _plan(group: list[ChunkWork], engines: Engines) -> list[list[ChunkWork]]:
         cost = (lambda w: padded(w.duration_s))
     except Exception as e:  # noqa: BLE001 - met again, and handled, when its batch runs
         log.debug("planning with the configured budget: %s", type(e).__name__)
-    return plan_batches(group, lambda w: w.duration_s, budget, settings.batch_max_requests, cost)
+    return budget, cost
 
 
-def _claim_and_read(batch: list[ChunkWork]) -> tuple[list[ChunkWork], list[np.ndarray | Exception]]:
+def _claim_and_read(batch: list[ChunkWork],
+                    held: HeldChunks | None = None) -> tuple[list[ChunkWork], list[np.ndarray | Exception]]:
+    """Claim a batch ahead of its turn and read its audio. The claim is heartbeated from the moment it
+    exists (a batch ahead of it may run longer than the chunk lease) and charges no attempt: that is
+    counted when the batch's turn comes (_start)."""
     settings = get_settings()
     with session_scope() as s:
+        relax_commit(s)
         claimed, exhausted = claim_chunks(s, [w.chunk_id for w in batch], settings.chunk_lease_s,
-                                          settings.max_attempts, options={w.job_id: w.options for w in batch})
-        for w in claimed + exhausted:
-            metrics.CHUNK_ATTEMPTS.labels(metrics.engine_of(w.options)).inc()
+                                          settings.max_attempts, options={w.job_id: w.options for w in batch},
+                                          charge=False)
+        if held is not None and claimed:
+            held.add_claim(claimed[0].claim_id, [w.chunk_id for w in claimed])
         if exhausted:
             fail_chunks(s, exhausted, f"gave up after {settings.max_attempts} attempts (the worker died or "
                                       "timed out on this audio each time)")
     return claimed, _read_all(claimed)
+
+
+def _start(claimed: list[ChunkWork],
+           audios: list[np.ndarray | Exception]) -> tuple[list[ChunkWork], list[np.ndarray | Exception]]:
+    """A batch's turn: charge an attempt to each chunk whose audio was read (an unreadable one is given
+    back uncharged), committed before the engine runs. A chunk whose claim was lost meanwhile (taken
+    over, its job ended) is dropped: it must not run twice."""
+    readable = [w for w, a in zip(claimed, audios) if not isinstance(a, Exception)]
+    if not readable:
+        return claimed, audios
+    with session_scope() as s:
+        relax_commit(s)
+        started = {w.chunk_id: w for w in start_chunks(s, readable, get_settings().chunk_lease_s)}
+    for w in started.values():
+        metrics.CHUNK_ATTEMPTS.labels(metrics.engine_of(w.options)).inc()
+    if len(started) < len(readable):
+        log.warning("%d claimed chunks were taken over before their turn; not running them",
+                    len(readable) - len(started))
+    keep = [(started.get(w.chunk_id, w), a) for w, a in zip(claimed, audios)
+            if isinstance(a, Exception) or w.chunk_id in started]
+    return [w for w, _ in keep], [a for _, a in keep]
 
 
 # ranged GETs of one batch's chunks run side by side (boto3's client is thread-safe; its pool holds 10
@@ -225,11 +216,12 @@ def _give_back_quietly(work: list[ChunkWork], reason: str) -> None:
 
 
 def _run_guarded(batch: list[ChunkWork], audios: list[np.ndarray | Exception], worker: str,
-                 engines: Engines | None = None) -> None:
+                 engines: Engines | None = None, store: Store | None = None) -> None:
     """One batch's outcome is recorded whatever goes wrong: a bug or an outage while handling it gives
-    its chunks back instead of leaving them claimed until their lease ends."""
+    its chunks back instead of leaving them claimed until their lease ends. ``store`` records a batch's
+    results (default: at once, here; the stream hands them to a thread so the next batch starts)."""
     try:
-        _run_batch(batch, audios, worker, engines or Engines())
+        _run_batch(batch, audios, worker, engines or Engines(), store or _store_results)
     except Exception as e:  # noqa: BLE001
         log.warning("batch of %d chunks could not be handled (%s); giving it back", len(batch), type(e).__name__,
                     exc_info=not isinstance(e, TRANSIENT))
@@ -237,7 +229,8 @@ def _run_guarded(batch: list[ChunkWork], audios: list[np.ndarray | Exception], w
 
 
 def _run_batch(batch: list[ChunkWork], audios: list[np.ndarray | Exception], worker: str,
-               engines: Engines) -> None:
+               engines: Engines, store: Store | None = None) -> None:
+    store = store or _store_results
     settings = get_settings()
     ok = [(w, a) for w, a in zip(batch, audios) if not isinstance(a, Exception)]
     missing = [w for w, a in zip(batch, audios) if isinstance(a, ObjectNotFound)]
@@ -276,7 +269,7 @@ def _run_batch(batch: list[ChunkWork], audios: list[np.ndarray | Exception], wor
     def infer(pairs: list[tuple[ChunkWork, np.ndarray]]) -> list:
         t0 = time.monotonic()
         texts = engine.transcribe_batch([a for _, a in pairs], options)
-        _store_results([w for w, _ in pairs], texts, time.monotonic() - t0, worker, str(engine.spec))
+        store([w for w, _ in pairs], texts, time.monotonic() - t0, worker, str(engine.spec))
         return texts
 
     try:
@@ -288,7 +281,7 @@ def _run_batch(batch: list[ChunkWork], audios: list[np.ndarray | Exception], wor
             # one bad chunk must not sink its batch-mates: retry each alone to isolate it
             log.warning("batch of %d failed (%s); retrying chunks one by one", len(ok), type(e).__name__)
             for pair in ok:
-                _run_guarded([pair[0]], [pair[1]], worker, engines)
+                _run_guarded([pair[0]], [pair[1]], worker, engines, store)
             return
         w = ok[0][0]
         reason = str(e) if isinstance(e, PermanentError) else f"inference failed: {type(e).__name__}"
@@ -307,7 +300,7 @@ def _retry_unreadable(work: list[ChunkWork], error: Exception) -> None:
     reason = f"the prepared audio could not be read from storage ({type(error).__name__})"
     limit = transient_retry_limit()
     with session_scope() as s:
-        failures = release_unreadable(s, work, reason, limit)
+        failures = release_unreadable(s, work, reason, limit, charged=False)
     retry = [w for w in work if failures.get(w.chunk_id, 0) < limit]
     for w in retry:
         log.warning("job=%s chunk=%d %s, retry %d", w.job_id, w.index, reason, failures.get(w.chunk_id, 0))
