@@ -79,12 +79,20 @@ def test_pipelined_sends_emit_task_sent_events_to_a_listener(monkeypatch):
                         except TimeoutError:
                             pass
 
+                r = redis.Redis.from_url(url)
+
+                def subscribed_here() -> int:
+                    # NUMPAT counts every database's listeners (another test's watcher would do): count this
+                    # database's pattern subscribers, before and after the receiver starts
+                    return sum(1 for c in r.client_list() if c.get("db") == str(REDIS_TEST_DB)
+                               and int(c.get("psub", 0)) > 0)
+
+                before = subscribed_here()
                 t = threading.Thread(target=listen, daemon=True)
                 t.start()
                 assert ready.wait(10)
                 items = [str(uuid.uuid4()) for _ in range(3)]
-                r = redis.Redis.from_url(url)
-                wait_until(lambda: r.pubsub_numpat() > 0, 10, 0.05, "the receiver's subscription")
+                wait_until(lambda: subscribed_here() > before, 10, 0.05, "the receiver's subscription")
                 r.close()
                 send_prepare(items)
                 t.join(25)
