@@ -51,8 +51,13 @@ def _check(report: Report, prefix: str):  # noqa: ANN202
     "nothing left QUEUED, PREPARING, TRANSCRIBING or FINALIZING",
     "every job finished before the deadline",
     "no good input refused at submission",
+    "every fault kind hit",
+    "no job readable with another tenant's key",
+    "duplicate publishes within what the faults explain",
+    "reconcile passes on schedule while webhooks blackhole",
     "backlog: every job COMPLETED",
     "backlog: duplicate publishes under 1 %",
+    "backlog: reconcile passes on schedule while webhooks blackhole",
 ])
 def test_guarantee(campaign, check):
     c = _check(campaign, check)

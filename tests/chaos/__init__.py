@@ -10,18 +10,30 @@ soak     A seeded workload (uploads, http/https/s3 URIs, one or more POST /v1/jo
          injects seeded faults at random moments: kill -9 and SIGTERM of every process kind (API, CPU
          prepare/finalize worker, transcribe worker, beat), kill -9 of one worker child, Redis restart and
          flush, Postgres restart, S3 outage, duplicate deliveries. Killed processes come back after a short
-         random delay. Then it checks, and prints:
+         random delay. A fault waits for a job of the run in its target phase and lands only then; the
+         cells (fault kind x phase it targets: coverage.py) still missed go round again, and a feeder submits
+         copies of short recordings into the phase a fault waits for, until every required cell is hit
+         (make chaos: every cell; quick: every kind once, in a seeded one of its phases) or cover_s passes.
+         Half the jobs (quick) carry a webhook_url to a receiver that accepts and never answers. Then it
+         checks, and prints:
            - every good job COMPLETED, every bad input FAILED with a stored reason (or refused with a 4xx);
            - every transcript equal to the baseline's (text and segment texts identical; times within 0.5 s);
            - no chunk DONE twice (a Postgres trigger logs every transition into DONE into an audit table);
            - nothing left PREPARING, TRANSCRIBING or FINALIZING;
            - everything finished before a hard deadline (else: STUCK, with state, chunks and logs);
-         and reports duplicate publishes (reconciler log lines, injected ones, and per job from Celery's
-         task-sent events), the longest recovery time, and the faults by kind and job state at injection.
+           - every required coverage cell hit (the matrix is printed);
+           - no job, listing or bulk status readable with another tenant's key;
+           - each job's prepare/finalize and each chunk published at most once, plus the injected copies,
+             plus a bounded number for each fault during its job's life (Celery's task-sent events);
+           - reconcile passes starting at least every max(10 s, 5 intervals) while webhooks blackhole,
+             in the baseline and the chaos run (waits with the beat or Redis down excused);
+         and reports the reconciler's re-sends, the longest recovery time, and the faults by kind and job
+         state at injection.
 backlog  Finding 4: N jobs in one POST /v1/jobs/batch drain through one CPU worker with a short
-         reconcile_stale_s; Redis is flushed half-way. duplicates = reconciler re-sends - messages really
-         lost at the flush (LLEN of the queues + HLEN of kombu's ``unacked`` just before FLUSHALL);
-         target: under 1 % of the jobs, and every job COMPLETED.
+         reconcile_stale_s; Redis is flushed half-way. duplicates, per job or chunk from task-sent events:
+         publishes beyond the first, less one if the flush lost its message (read in the FLUSHALL's own
+         MULTI/EXEC); never less than re-sends - distinct targets lost. Target: under 1 % of the jobs, and
+         every job COMPLETED.
 
 Recovery time of a fault: among the jobs not finished when it was injected, the longest wait from the
 injection to that job's next progress event (a job state change or one of its chunks reaching DONE, both
@@ -38,7 +50,8 @@ Modules, in the order a campaign uses them:
     fleet.py       the asrq processes (API, CPU worker, transcribe worker, beat): start, kill, restart
     submission.py  submitting through the API (single, batch, retried), waiting, reading transcripts
     broker.py      what Redis holds, Celery's task-sent events, the reconciler's re-sends
-    faults.py      the fault kinds, the seeded plan, the injector and its record, recovery times
+    coverage.py    the fault kinds, the phases each targets, the required cells and the coverage matrix
+    faults.py      the seeded plan, the injector and its record, recovery times
     soak.py        the soak part: baseline, the run under faults, the verdict
     backlog.py     the backlog part
     checks.py      each guarantee's check, and the measurements printed beside them

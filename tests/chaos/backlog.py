@@ -4,6 +4,7 @@ the messages really lost at the flush; target: under 1 % of the jobs, and every 
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import time
 from collections import Counter
@@ -11,7 +12,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from tests.chaos import checks
-from tests.chaos.broker import lost_targets, queue_depths, reconcile_resends
+from tests.chaos.broker import (
+    PublishWatcher,
+    per_target_duplicates,
+    publisher_app,
+    read_and_flush,
+    reconcile_resends,
+    reconcile_starts,
+)
 from tests.chaos.database import Db, create_database, job_states
 from tests.chaos.diagnosis import log_tails
 from tests.services import AUDIO
@@ -35,13 +43,20 @@ def run_backlog(camp: Campaign) -> None:
     uri = camp.sources.url("http", clip.name)
     fleet = camp.start_fleet(env, "backlog", cpu_concurrency=1)
     db = Db(db_url)
+    watcher = None
+    with contextlib.suppress(Exception), publisher_app() as app:
+        watcher = PublishWatcher(app)
+        watcher.start()
     logs = [fleet.proc("cpu").log, fleet.proc("beat").log]
     offsets = {p: p.stat().st_size for p in logs}
     opts = {"engine": "funasr", "model": "tiny-paraformer"}
     t0 = time.time()
     with camp.client(fleet, "acme") as c:
-        resp = c.post("/v1/jobs/batch", json={"jobs": [{"source_uri": uri, **opts} for _ in range(n)]},
-                      timeout=300)
+        # every k-th job's webhook goes to a receiver that never answers: their tries, a whole timeout each,
+        # come faster than two maintenance consumers clear them (issue 17, finding 3)
+        hooks = {"webhook_url": camp.blackhole.url}
+        jobs = [{"source_uri": uri, **opts, **(hooks if i % mode.backlog_webhook_every == 0 else {})} for i in range(n)]
+        resp = c.post("/v1/jobs/batch", json={"jobs": jobs}, timeout=300)
     if resp.status_code != 202:
         r.check("backlog: the batch is accepted", False, f"{resp.status_code} {resp.text[:300]}")
         return
@@ -55,9 +70,7 @@ def run_backlog(camp: Campaign) -> None:
         st = Counter(job_states(db, ids).values())
         if t_flush is None and st["COMPLETED"] + st["FAILED"] >= n // 2:
             at_flush = {p: p.stat().st_size for p in logs}
-            lost = queue_depths(camp.redis.port)
-            targets = lost_targets(camp.redis.port)
-            camp.redis.flush()
+            lost, targets = read_and_flush(camp.redis.port)
             t_flush = time.time() - t0
             flush_states = dict(st)
         if st["COMPLETED"] + st["FAILED"] + st["CANCELLED"] >= n:
@@ -68,10 +81,16 @@ def run_backlog(camp: Campaign) -> None:
     before = reconcile_resends(logs, offsets, at_flush) if at_flush else resent
     n_lost = sum(lost.values())
     n_targets = len(targets) if t_flush is not None else 0
-    dups = sum(resent.values()) - n_lost
-    # each lost job/chunk needs one re-send, however many copies of its message were lost with it
+    # each lost job/chunk needs one re-send, however many copies of its message were lost with it (so
+    # re-sent minus lost *messages*, the figure printed before, went negative: a flush loses duplicates,
+    # maintenance messages the reconciler never re-sends, and delivered messages whose work still ends)
     strict = max(0, sum(resent.values()) - n_targets)
-    r.add(f"backlog: {n} jobs (engine=funasr tiny random Paraformer, a 2.7 s clip over http) in one POST "
+    if watcher is not None:
+        time.sleep(1.0)
+        watcher.active = False
+    dups = per_target_duplicates(watcher, targets) if watcher is not None else None
+    r.add(f"backlog: {n} jobs (engine=funasr tiny random Paraformer, a 2.7 s clip over http; every "
+          f"{mode.backlog_webhook_every}th with a webhook_url to a receiver that never answers) in one POST "
           f"/v1/jobs/batch ({t_sub:.1f} s), one CPU worker (concurrency 1), reconcile_stale_s "
           f"{mode.backlog_stale_s:g}, interval {mode.backlog_interval_s:g} s")
     r.add(f"  drained in {drain:.0f} s: {dict(st)}")
@@ -79,13 +98,17 @@ def run_backlog(camp: Campaign) -> None:
         r.add(f"  Redis FLUSHALL at +{t_flush:.0f} s (states then {flush_states}): lost {n_lost} messages "
               f"({', '.join(f'{k}={v}' for k, v in lost.items() if v) or 'none'})")
     r.add(f"  reconciler re-sent {dict(resent) or 0} ({sum(before.values())} before the flush, "
-          f"{sum(resent.values()) - sum(before.values())} after); duplicates = re-sent - lost = {dups} "
-          f"= {100 * dups / n:.1f} % of jobs (target < 1 %)")
-    r.add(f"  the lost messages carried {n_targets} distinct jobs/chunks; duplicates = re-sent - distinct lost = "
+          f"{sum(resent.values()) - sum(before.values())} after)")
+    r.add(f"  the lost messages carried {n_targets} distinct jobs/chunks; duplicates >= re-sent - distinct lost = "
           f"{strict} = {100 * strict / n:.1f} % of jobs")
+    if dups is not None:
+        r.add(f"  per job/chunk (Celery task-sent events): publishes beyond the first, less one for each target the "
+              f"flush lost = {dups} = {100 * dups / n:.1f} % of jobs (target < 1 %)")
     r.metrics.update(backlog_jobs=n, backlog_resent=sum(resent.values()), backlog_lost=n_lost,
                      backlog_dups=dups, backlog_dups_strict=strict, backlog_s=drain)
-    if not checks.backlog_drained(r, n, st, strict, dups):
+    checks.reconcile_on_schedule(r, reconcile_starts(logs), [], [(t0, t0 + drain)], mode.backlog_interval_s,
+                                 camp.blackhole.accepted, "backlog: ")
+    if not checks.backlog_drained(r, n, st, strict if dups is None else max(strict, dups)):
         log_tails(r, fleet, 12, with_path=False)
     fleet.close()
     db.close()

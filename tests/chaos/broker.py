@@ -54,6 +54,7 @@ class PublishWatcher(threading.Thread):
         if m:
             self.events.append((time.time(), ev.get("name", "?"), m.group(0), ev.get("hostname", "?")))
 
+
     def run(self) -> None:
         while self.active:
             try:
@@ -93,20 +94,59 @@ def queue_depths(redis_port: int) -> dict[str, int]:
     return out
 
 
-def lost_targets(redis_port: int) -> set[tuple[str, str]]:
-    """The distinct (task, job or chunk id) the messages in Redis carry now: what a flush would really
-    lose, counting a message and its duplicates once."""
+RESENT_TASKS = ("asrq.prepare", "asrq.transcribe", "asrq.finalize")  # what the reconciler re-sends
+
+
+def _all_messages(redis_port: int) -> tuple[list[bytes], dict[str, int]]:
     import redis
 
     from app.constants import ALL_QUEUES
 
     r = redis.Redis(port=redis_port)
-    raw = []
+    raw, depths = [], {}
     for q in ALL_QUEUES:
+        depths[q] = 0
         for k in redis_queue_keys(q):
-            raw += r.lrange(k, 0, -1)
-    raw += r.hvals("unacked")
-    return {got for item in raw if (got := _message_target(item))}
+            items = r.lrange(k, 0, -1)
+            raw += items
+            depths[q] += len(items)
+    unacked = r.hvals("unacked")
+    depths["unacked"] = len(unacked)
+    return raw + unacked, depths
+
+
+def targets_of(raw: list[bytes]) -> set[tuple[str, str]]:
+    """The distinct (task, job or chunk id) of the reconciler's kinds that messages carry: what losing them
+    needs re-sent, a message and its duplicates counted once (maintenance messages are never re-sent)."""
+    return {got for item in raw if (got := _message_target(item)) and got[0] in RESENT_TASKS}
+
+
+def lost_targets(redis_port: int) -> set[tuple[str, str]]:
+    """The distinct targets the messages in Redis carry now (see targets_of)."""
+    return targets_of(_all_messages(redis_port)[0])
+
+
+def read_and_flush(redis_port: int) -> tuple[dict[str, int], set[tuple[str, str]]]:
+    """FLUSHALL, and what it lost: the depth of every queue and of ``unacked``, and their distinct targets,
+    read in the same MULTI/EXEC as the flush, so that no message is published in between and missed."""
+    import redis
+
+    from app.constants import ALL_QUEUES
+
+    r = redis.Redis(port=redis_port)
+    keys = [(q, k) for q in ALL_QUEUES for k in redis_queue_keys(q)]
+    pipe = r.pipeline(transaction=True)
+    for _, k in keys:
+        pipe.lrange(k, 0, -1)
+    pipe.hvals("unacked")
+    pipe.flushall()
+    out = pipe.execute()
+    depths: Counter = Counter()
+    for (q, _), items in zip(keys, out):
+        depths[q] += len(items)
+    depths["unacked"] = len(out[len(keys)])
+    raw = [m for items in out[: len(keys) + 1] for m in items]
+    return dict(depths), targets_of(raw)
 
 
 def broker_messages(redis_port: int) -> dict[str, list[str]]:
@@ -129,6 +169,30 @@ def broker_messages(redis_port: int) -> dict[str, list[str]]:
             age = time.time() - since.get(tag.decode(), time.time())
             out[got[1]].append(f"{got[0]} delivered, unacked for {age:.0f} s")
     return out
+
+
+def per_target_duplicates(watcher: PublishWatcher, lost: set[tuple[str, str]]) -> int:
+    """Publishes of each job's prepare/finalize and each chunk beyond its first, less one for each target
+    whose message a flush lost (its one needed re-send)."""
+    per_target: Counter = Counter((task, arg) for _, task, arg, _ in watcher.events if task in RESENT_TASKS)
+    return sum(max(0, n - 1 - ((task, arg) in lost)) for (task, arg), n in per_target.items())
+
+
+RECONCILE_DONE_RE = re.compile(rb"\[(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d),(\d{3}): \w+/[^\]]*\] "
+                               rb"Task asrq\.reconcile\[[0-9a-f-]+\] succeeded in ([0-9.]+)s")
+
+
+def reconcile_starts(logs: list[Path]) -> list[float]:
+    """When each reconcile pass started (its end, less its run time), from the worker logs' 'Task
+    asrq.reconcile[...] succeeded in Xs' lines: the logs, unlike Celery's events, miss none across a Redis
+    restart. Worker log times are local."""
+    out = []
+    for log in logs:
+        with contextlib.suppress(OSError):
+            for m in RECONCILE_DONE_RE.finditer(log.read_bytes()):
+                end = time.mktime(time.strptime(m.group(1).decode(), "%Y-%m-%d %H:%M:%S")) + int(m.group(2)) / 1000
+                out.append(end - float(m.group(3)))
+    return sorted(out)
 
 
 def reconcile_resends(logs: list[Path], offsets: dict[Path, int] | None = None,

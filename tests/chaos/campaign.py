@@ -22,7 +22,14 @@ from tests.chaos.modes import FULL, QUICK, Mode
 from tests.chaos.report import Report, tree
 from tests.chaos.soak import Soak
 from tests.chaos.submission import api_client
-from tests.chaos.workload import SOURCE_BUCKET, TENANTS, SourceServer, s3_source_setting, tls_trust_setting
+from tests.chaos.workload import (
+    SOURCE_BUCKET,
+    TENANTS,
+    Blackhole,
+    SourceServer,
+    s3_source_setting,
+    tls_trust_setting,
+)
 from tests.fault_services import PrivatePostgres, PrivateRedis, TcpRelay
 from tests.services import Stack, apply_env, base_env, free_port, moto_s3, restore_env, s3_client
 
@@ -58,6 +65,8 @@ class Campaign:
         self.inputs.mkdir(parents=True, exist_ok=True)
         self.sources = SourceServer(self.inputs, self.work)
         es.callback(self.sources.close)
+        self.blackhole = Blackhole()
+        es.callback(self.blackhole.close)
 
     def down(self) -> None:
         self._stack_ctx.close()

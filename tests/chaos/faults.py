@@ -7,18 +7,17 @@ import contextlib
 import random
 import threading
 import time
-from collections import Counter, defaultdict
+from collections import Counter, defaultdict, deque
 from dataclasses import dataclass
 
-from tests.chaos.broker import lost_targets, publisher_app, queue_depths
+from tests.chaos.broker import publisher_app, read_and_flush
+from tests.chaos.coverage import FAULT_KINDS, Coverage, required_cells, targets
 from tests.chaos.database import IN_FLIGHT, Db, job_states
 from tests.chaos.fleet import PROCESS_KINDS, Fleet
 from tests.chaos.modes import Mode
 from tests.fault_services import PrivatePostgres, PrivateRedis, TcpRelay, wait_port_closed
 
-FAULT_KINDS = tuple(f"{sig}:{p}" for p in PROCESS_KINDS for sig in ("kill9", "sigterm")) + (
-    "kill9:cpu-child", "kill9:gpu-child", "redis:restart", "redis:flush", "pg:restart", "s3:outage",
-    "dup:deliver")
+__all__ = ["FAULT_KINDS", "Fault", "Injector", "measure_recovery", "plan_faults"]
 
 
 @dataclass
@@ -33,79 +32,130 @@ class Fault:
     note: str = ""
     recovery_s: float | None = None
     recovery_job: str | None = None
+    length_s: float = 0.0  # an outage's length, a killed process's restart delay
 
 
-def plan_faults(seed: int, mode: Mode) -> list[tuple[float, str, str | None, float, float]]:
-    """(gap before, kind, target phase, restart delay / outage length, extra) from the seed alone."""
+@dataclass
+class Planned:
+    gap_s: float  # wait before it
+    kind: str
+    target: str  # the job phase it waits for
+    length: float  # restart delay / outage length
+    extra: float
+    required: bool  # a coverage cell: tried again until it lands in its phase
+
+
+def plan_faults(seed: int, mode: Mode) -> list[Planned]:
+    """The required cells (coverage.required_cells), then further rounds and extra faults at a seeded phase
+    of their kind, in a seeded order, from the seed alone."""
     rng = random.Random(seed * 104729 + 3)
-    kinds = [k for _ in range(mode.fault_rounds) for k in FAULT_KINDS]
-    kinds += [rng.choice(FAULT_KINDS) for _ in range(mode.extra_faults)]
-    rng.shuffle(kinds)
+    picks = [(k, p, True) for k, p in required_cells(seed, mode.every_cell)]
+    picks += [(k, rng.choice(targets(k)), False) for _ in range(mode.fault_rounds - 1) for k in FAULT_KINDS]
+    picks += [(k, rng.choice(targets(k)), False) for k in [rng.choice(FAULT_KINDS) for _ in range(mode.extra_faults)]]
+    rng.shuffle(picks)
     plan = []
-    for k in kinds:
-        if k.endswith(("cpu", "cpu-child")):
-            target = rng.choice(["PREPARING", "PREPARING", "PREPARING", "FINALIZING", "QUEUED"])
-        elif k.endswith(("gpu", "gpu-child")):
-            target = "TRANSCRIBING"
-        elif k.endswith(("api", "beat")):
-            target = rng.choice([None, "QUEUED", "TRANSCRIBING"])
-        else:
-            target = rng.choice(list(IN_FLIGHT))
+    for k, target, required in picks:
         length = {"redis:restart": rng.uniform(1, 4), "pg:restart": rng.uniform(2, 6),
                   "s3:outage": rng.uniform(3, 10)}.get(k, rng.uniform(0.5, 5.0))
-        plan.append((rng.uniform(*mode.gap_s), k, target, length, rng.random()))
+        plan.append(Planned(rng.uniform(*mode.gap_s), k, target, length, rng.random(), required))
     return plan
+
+
+def phases_now(db: Db, key_prefix: str) -> Counter:
+    """How many jobs of a run (by idempotency-key prefix) are in each in-flight phase now."""
+    return Counter(dict(db.q("SELECT state, count(*) FROM jobs WHERE state = ANY(%s) AND idempotency_key LIKE %s "
+                             "GROUP BY state", (list(IN_FLIGHT), key_prefix + "%"))))
 
 
 class Injector:
     """Runs the plan against one fleet and the campaign's services; keeps the record the report reads: the
-    faults injected, those skipped, what Redis flushes lost, and the publishes it added per job."""
+    faults injected, those skipped, the coverage of (kind, phase) cells, what Redis flushes lost, and the
+    publishes it added per job.
+
+    A fault waits (up to phase_wait_s) for a job of the run in its target phase, and is injected only then.
+    One that saw none is skipped, unless it is a required cell: that one goes back to the end of the queue
+    and is tried again until it lands, or until ``cover_until`` (time.monotonic()). While it waits,
+    ``wanted`` names its phase, so that the workload can feed jobs into it."""
 
     def __init__(self, seed: int, mode: Mode, fleet: Fleet, db: Db, pg: PrivatePostgres, redis: PrivateRedis,
-                 relay: TcpRelay) -> None:
+                 relay: TcpRelay, key_prefix: str) -> None:
         self.seed, self.mode, self.fleet, self.db = seed, mode, fleet, db
         self.pg, self.redis, self.relay = pg, redis, relay
+        self.key_prefix = key_prefix
         self.faults: list[Fault] = []
         self.skipped: list[str] = []
         self.flush_lost: list[dict] = []
         self.flush_targets: list[int] = []
         self.injected: dict[str, Counter] = defaultdict(Counter)
+        self.plan = plan_faults(seed, mode)
+        self.coverage = Coverage(sorted({(p.kind, p.target) for p in self.plan if p.required}))
+        self.wanted: str | None = None
+        self.left: list[Planned] = []  # planned, neither injected nor skipped when the run ended
+        self.cover_until = float("inf")
 
-    def run(self, subs, stop: threading.Event, t_start: float) -> None:  # noqa: ANN001
+    def run(self, subs, stop: threading.Event, t_start: float, workload_done=lambda: False) -> None:  # noqa: ANN001
+        """Until the plan is done, or stop; it stops early once every required cell is covered and
+        ``workload_done()`` (the extra faults left are reported as not injected)."""
         fleet = self.fleet
         rng = random.Random(self.seed * 15485863 + 5)
         threads: list[threading.Thread] = []
-        for gap, kind, target, length, extra in plan_faults(self.seed, self.mode):
-            if stop.wait(gap):
+        queue = deque(self.plan)
+        while queue and not stop.is_set():
+            if not self.coverage.missing() and workload_done():
                 break
-            what, _, who = kind.partition(":")
+            p = queue.popleft()
+            if p.required and self.coverage.hits[(p.kind, p.target)]:
+                continue  # another fault of its kind landed there already
+            if time.monotonic() > self.cover_until:
+                self.left.append(p)
+                if p.required:
+                    self.coverage.miss(p.kind, p.target, "the coverage time ran out")
+                continue
+            if stop.wait(p.gap_s):
+                queue.appendleft(p)
+                break
+            what, _, who = p.kind.partition(":")
             lock = fleet.locks.get(who) if what in ("kill9", "sigterm") else None
             if lock is not None and not lock.acquire(timeout=120):
-                self.skipped.append(f"{kind} (still recovering from the previous one)")
+                self._not_now(queue, p, "still recovering from the previous one")
                 continue
             handed_over = False  # a process fault's restart thread releases the lock once it restarted it
             try:
-                handed_over = self._one_fault(subs, stop, t_start, rng, threads, kind, target, length, extra, lock)
+                handed_over = self._one_fault(subs, stop, t_start, rng, threads, p, lock, queue)
             finally:
                 if lock is not None and not handed_over:
                     lock.release()
+        self.wanted = None
+        self.left += list(queue)
         for t in threads:
             t.join(120)
 
+    def _not_now(self, queue: deque, p: Planned, why: str) -> None:
+        if p.required:
+            self.coverage.miss(p.kind, p.target, why)
+            queue.append(p)
+        else:
+            self.skipped.append(f"{p.kind}@{p.target} ({why})")
+
     def _one_fault(self, subs, stop: threading.Event, t_start: float, rng: random.Random,  # noqa: ANN001
-                   threads: list, kind: str, target: str | None, length: float, extra: float,
-                   lock: threading.Lock | None) -> bool:
-        db = self.db
-        # wait (briefly) for a job in the target phase: faults land in every phase, not only where the
+                   threads: list, p: Planned, lock: threading.Lock | None, queue: deque) -> bool:
+        db, kind, target = self.db, p.kind, p.target
+        # wait for a job of the run in the target phase: faults land in every phase, not only where the
         # run happens to be
-        found = target is None
+        found = False
+        self.wanted = target
         t_wait = time.monotonic() + self.mode.phase_wait_s
         while not found and time.monotonic() < t_wait and not stop.is_set():
             with contextlib.suppress(Exception):
-                found = target in job_states(db, [s.job_id for s in subs.values() if s.job_id]).values()
+                found = phases_now(db, self.key_prefix)[target] > 0
             if not found:
                 time.sleep(0.05)
+        self.wanted = None
         if stop.is_set():
+            queue.appendleft(p)
+            return False
+        if not found:
+            self._not_now(queue, p, f"no job {target} within {self.mode.phase_wait_s:.0f} s")
             return False
         try:
             st = job_states(db, [s.job_id for s in subs.values() if s.job_id])
@@ -114,21 +164,20 @@ class Injector:
         states = Counter(st.values())
         states["unsubmitted"] = sum(1 for s in subs.values() if not s.job_id)
         in_flight = [j for j, v in st.items() if v in IN_FLIGHT]
-        if not in_flight and not states["unsubmitted"] and kind != "dup:deliver":
-            self.skipped.append(kind)
-            return False
-        f = Fault(time.time() - t_start, time.time(), kind, target, found, states, in_flight)
+        f = Fault(time.time() - t_start, time.time(), kind, target, True, states, in_flight)
         self.fleet.mark(f"+{f.at:.1f}s {kind} (target {target})")
         self.faults.append(f)
+        self.coverage.hit(kind, target)
+        f.length_s = p.length
         try:
-            f.note = self._inject(kind, length, extra, rng, st, threads, lock)
+            f.note = self._inject(kind, p.length, p.extra, rng, st, threads, lock, target)
             return lock is not None
         except Exception as e:  # noqa: BLE001 - an injection that fails is reported, the run goes on
             f.note = f"injection error {type(e).__name__}: {e}"
             return False
 
     def _inject(self, kind: str, length: float, extra: float, rng: random.Random, st: dict[str, str],
-                threads: list, lock: threading.Lock | None) -> str:
+                threads: list, lock: threading.Lock | None, target: str) -> str:
         fleet = self.fleet
         what, _, who = kind.partition(":")
         if what in ("kill9", "sigterm") and who in PROCESS_KINDS:
@@ -157,9 +206,7 @@ class Injector:
             service.start()
             return f"down {length:.1f} s"
         if kind == "redis:flush":
-            lost = queue_depths(self.redis.port)
-            targets = lost_targets(self.redis.port)
-            self.redis.flush()
+            lost, targets = read_and_flush(self.redis.port)
             self.flush_lost.append(lost)
             self.flush_targets.append(len(targets))
             return f"flushed {sum(lost.values())} messages ({', '.join(f'{k}={v}' for k, v in lost.items() if v)}) " \
@@ -171,15 +218,15 @@ class Injector:
             self.relay.restore()
             return f"cut {length:.1f} s"
         if kind == "dup:deliver":
-            return self._duplicate(st, rng)
+            return self._duplicate(st, rng, target)
         raise ValueError(kind)
 
-    def _duplicate(self, st: dict[str, str], rng: random.Random) -> str:
+    def _duplicate(self, st: dict[str, str], rng: random.Random, target: str) -> str:
         """Publish the work of a few live (or just finished) jobs again, 1-3 times: what a redelivery,
-        a publish retry or a second reconciler would do."""
+        a publish retry or a second reconciler would do. Jobs in the target phase first."""
         from app.messaging import send_finalize, send_prepare, send_transcribe
 
-        live = sorted(j for j, v in st.items() if v != "FAILED")
+        live = sorted(j for j, v in st.items() if v == target) or sorted(j for j, v in st.items() if v != "FAILED")
         if not live:
             return "no job to duplicate"
         picks = rng.sample(live, min(len(live), rng.randint(1, 3)))
@@ -207,7 +254,7 @@ class Injector:
     @property
     def not_injected(self) -> int:
         """Planned faults neither injected nor skipped: the run ended before their turn."""
-        return len(plan_faults(self.seed, self.mode)) - len(self.faults) - len(self.skipped)
+        return len(self.left)
 
 
 def measure_recovery(faults: list[Fault], moves: dict[str, list[float]]) -> None:

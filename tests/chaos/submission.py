@@ -143,16 +143,17 @@ class LiveSubs(dict):
         self.db, self.seed, self.items, self.box, self.cache = db, seed, items, box, cache
 
     def values(self):  # noqa: ANN201
+        fed = dict(self.box.get("fed", {}))  # copies the feeder submits while faults still wait for a phase
         if "subs" in self.box:
-            return self.box["subs"].values()
+            return {**self.box["subs"], **fed}.values()
         prefix = idempotency_key(self.seed, "chaos", "")
         with contextlib.suppress(Exception):
             for key, jid in self.db.q("SELECT idempotency_key, id::text FROM jobs WHERE idempotency_key LIKE %s",
                                       (prefix + "%",)):
                 idx = int(key[len(prefix):])
                 self.cache[idx] = Sub(self.items[idx], jid, "accepted")
-        out = dict(self.cache)
-        for it in self.items:
+        out = {**dict(self.cache), **fed}
+        for it in list(self.items):
             out.setdefault(it.idx, Sub(it))
         return out.values()
 

@@ -40,11 +40,23 @@ class Item:
     options: dict = field(default_factory=dict)
     batch: int | None = None
     note: str = ""
+    base: int | None = None  # a copy fed in during the chaos run: the item whose baseline it must equal
 
     @property
     def label(self) -> str:
         return f"#{self.idx:03d} {self.kind}/{self.source}{'' if self.batch is None else f'[batch{self.batch}]'} " \
-               f"{self.name}"
+               f"{self.name}{'' if self.base is None else f' (copy of #{self.base:03d})'}"
+
+
+def feed_candidates(items: list[Item]) -> list[Item]:
+    """The items a feeder copies to keep jobs flowing through every phase: good short recordings."""
+    return [it for it in items if it.kind == "short" and it.expect == "ok" and it.path is not None]
+
+
+def copy_item(it: Item, idx: int, tenant: str) -> Item:
+    """An upload of the same recording, under a new index (its own idempotency key)."""
+    return Item(idx, it.name, "short", "upload", tenant, "ok", it.path, None, dict(it.options), None,
+                "fed in", it.idx)
 
 
 def _clip_audio() -> dict:
@@ -182,6 +194,47 @@ class SourceServer:
         for srv in self.servers.values():
             srv.shutdown()
             srv.server_close()
+
+
+class Blackhole:
+    """A webhook receiver that accepts every connection and never answers: each try to it lasts the
+    sender's whole timeout (a receiver that hangs, or a firewall that drops the packets after the
+    handshake). Connections are held until close()."""
+
+    def __init__(self) -> None:
+        import socket
+
+        self.sock = socket.create_server(("127.0.0.1", 0), backlog=512)
+        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}/hook"
+        self.held: list = []
+        self.accepted = 0
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            self.held.append(conn)
+            self.accepted += 1
+
+    def close(self) -> None:
+        self.sock.close()
+        for c in self.held:
+            c.close()
+
+
+def give_webhooks(items: list[Item], seed: int, share: float, url: str) -> int:
+    """A seeded share of the items (their own random stream: the workload stays as the seed made it)
+    carry a webhook_url to ``url``."""
+    rng = random.Random(seed * 7727 + 29)
+    n = 0
+    for it in items:
+        if rng.random() < share:
+            it.options["webhook_url"] = url
+            n += 1
+    return n
 
 
 def tls_trust_setting() -> str | None:
