@@ -68,6 +68,10 @@ def checks(r: dict) -> list[Check]:
         from bench import vad_speed
 
         out += vad_speed.checks(r["vad"])
+    if "longform" in r:
+        from bench import longform
+
+        out += longform.checks(r["longform"])
     return out
 
 
@@ -130,6 +134,10 @@ def console(r: dict) -> str:
         from bench import vad_speed
 
         lines += vad_speed.summary(r["vad"])
+    if "longform" in r:
+        from bench import longform
+
+        lines += longform.summary_lines(r["longform"])
     for c in checks(r):
         lines.append(f"{c.verdict:4}  {c.name}: {c.detail}")
     misses = [c for c in checks(r) if c.ok is False]
@@ -243,6 +251,10 @@ def details(r: dict) -> list[str]:
         from bench import vad_speed
 
         out += vad_speed.details(r["vad"])
+    if "longform" in r:
+        from bench import longform
+
+        out += longform.summary_lines(r["longform"])
     if pr := r.get("cpu_probe_ms"):
         out.append("- CPU speed probe (ms for a fixed single-core loop, best of 3; lower is faster), taken before "
                    "each section once the machine had settled (up to 4 min idle): "

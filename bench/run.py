@@ -27,7 +27,7 @@ from bench import corpus, measure, report
 ROOT = Path(__file__).resolve().parents[1]
 MODEL = "bundled:tiny.en"
 BEAM = 5
-SECTIONS = ("limit", "naive", "asrq", "service", "memory", "ceiling", "vad")
+SECTIONS = ("limit", "naive", "asrq", "service", "memory", "ceiling", "vad", "longform")
 
 
 @dataclass(frozen=True)
@@ -178,6 +178,14 @@ def main(argv: list[str] | None = None) -> int:
         probes["ceiling"] = settle(probes["start"])
         log("orchestration ceiling: the real stack with the instant engine")
         results["ceiling"] = orchestration.run(args.quick, log=log)
+    if "longform" in sections:
+        # issue 16: long recordings against faster-whisper (bench/LONGFORM*.md)
+        from bench import longform
+
+        probes["longform"] = settle(probes["start"])
+        log("long-form accuracy: asrq against faster-whisper on the long-form set")
+        results["longform"] = longform.run(args.quick, log=log)
+        longform.write(results["longform"], args.quick, results["command"])
     for key in ("limit", "naive", "asrq"):
         if key in results:
             sec = results[key]
