@@ -168,10 +168,12 @@ def _on_stack(model: str, recs: list[longset.Built], log) -> dict[str, dict]:
 
 # --- the section -------------------------------------------------------------------------------------
 
-def run(quick: bool, log=print) -> dict:
-    recs = longset.build(longset.QUICK if quick else None, log=log)
-    models = ["bundled:tiny.en"] if quick else ["bundled:tiny.en", "bundled:base"]
-    systems = ["asrq", *PEERS] if quick else ["asrq", "asrq-stack", *PEERS]
+def run(quick: bool, log=print, models: list[str] | None = None, systems: list[str] | None = None,
+        names: list[str] | None = None) -> dict:
+    """The section; ``models``/``systems``/``names`` narrow the full mode (for investigating one figure)."""
+    recs = longset.build(longset.QUICK if quick else names, log=log)
+    models = models or (["bundled:tiny.en"] if quick else ["bundled:tiny.en", "bundled:base"])
+    systems = systems or (["asrq", *PEERS] if quick else ["asrq", "asrq-stack", *PEERS])
     table: dict = {}
     for model in models:
         for system in systems:
@@ -188,6 +190,8 @@ def targets(table: dict, systems: list[str]) -> dict:
     peer + 1 point, 98 % of sentence starts within 0.3 s."""
     out = {}
     for model, by_sys in table.items():
+        if not all(p in by_sys for p in PEERS):
+            continue  # a narrowed run without both peers: nothing to compare with
         peer = min(PEERS, key=lambda p: summary(list(by_sys[p].values()))["wer"])
         for system in (s for s in systems if s.startswith("asrq")):
             mine = summary(list(by_sys[system].values()))
@@ -272,8 +276,15 @@ def main(argv: list[str] | None = None) -> int:
 
     ap = argparse.ArgumentParser(prog="python -m bench.longform", description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--models", default="", help="comma-separated (default: tiny.en and base; quick: tiny.en)")
+    ap.add_argument("--systems", default="", help=f"comma-separated subset of asrq,asrq-stack,{','.join(PEERS)}")
+    ap.add_argument("--recordings", default="", help="comma-separated names from bench/longset.py (default: all)")
     args = ap.parse_args(argv)
-    res = run(args.quick)
+
+    def listed(v: str) -> list[str] | None:
+        return [x.strip() for x in v.split(",") if x.strip()] or None
+
+    res = run(args.quick, print, listed(args.models), listed(args.systems), listed(args.recordings))
     command = " ".join(shlex.quote(a) for a in ["python", "-m", "bench.longform", *(argv or sys.argv[1:])])
     print(write(res, args.quick, command).read_text())
     return 0

@@ -8,6 +8,7 @@ recordings only, not its 20-minute one). Decodes are cached by chunk samples (be
 from __future__ import annotations
 
 import argparse
+import json
 import shlex
 import sys
 import time
@@ -35,6 +36,8 @@ VARIANTS = [
     Variant("context 3 s each side", context_ms=3000),
     Variant("previous text as prompt", prompt=True),
     Variant("batched decoder", decoder="batched"),
+    Variant("sequential decoder without timestamp tokens", decoder="no-timestamps"),
+    Variant("chunks 25 s + no timestamp tokens", max_chunk_s=25.0, decoder="no-timestamps"),
 ]
 
 
@@ -52,6 +55,8 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.monotonic()
     res = run_child("bench.longform_sim", {"model": MODEL, "beam_size": 5, "variants": [asdict(v) for v in variants],
                                            "items": [{"name": r.name, "path": r.path} for r in recs]})
+    raw = longset.FOLDER / "ablation-raw.json"  # every variant's words and chunks, for a closer look
+    raw.write_text(json.dumps(res["results"]))
     command = " ".join(shlex.quote(a) for a in ["python", "-m", "bench.longform_ablate", *(argv or sys.argv[1:])])
     lines = ["# Ablation: asrq's long-form accuracy, one pipeline option changed at a time", "",
              f"Command: `{command}` ({time.monotonic() - t0:.0f} s, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())})  ",

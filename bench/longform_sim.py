@@ -34,7 +34,7 @@ class Variant:
     overlap_ms: int | None = None  # hard cuts (no pause): overlap resolved by word times
     context_ms: int = 0  # extra audio on both sides of every chunk; the merge keeps each word once, by time
     prompt: bool = False  # the previous chunk's text as the decoder prompt (serialises a job's chunks)
-    decoder: str = "product"  # "product" (engine.transcribe_batch), "sequential", "batched"
+    decoder: str = "product"  # "product" (engine.transcribe_batch), "sequential", "batched", "no-timestamps"
 
 
 def _hash(*parts: bytes) -> str:
@@ -73,7 +73,7 @@ class Decoder:
         self.decoded_s = 0.0
 
     def _key(self, audio: np.ndarray, how: str, prompt: str | None) -> Path:
-        code = [(ROOT / f).read_bytes() for f in ("workers/engines/whisper_engine.py", "workers/word_onsets.py")
+        code = [(ROOT / f).read_bytes() for f in ("workers/engines/whisper_engine.py", "workers/engines/word_onsets.py")
                 if (ROOT / f).exists()]
         return CACHE / "chunks" / f"{_hash(audio.tobytes(), repr((self.model, self.options, how, prompt)).encode(), *code)}.json"
 
@@ -100,10 +100,12 @@ class Decoder:
         if how == "sequential":
             return [e._decode_alone(a[: int(e.max_chunk_s * SR)], language, self.options) for a in audios]
         if how == "prompt":
-            return [self._with_prompt(a, language, p) for a, p in zip(audios, prompts)]
+            return [self._alone(a, language, initial_prompt=p or None) for a, p in zip(audios, prompts)]
+        if how == "no-timestamps":  # one text per chunk, as BatchedInferencePipeline decodes its chunks
+            return [self._alone(a, language, without_timestamps=True) for a in audios]
         raise ValueError(how)
 
-    def _with_prompt(self, audio: np.ndarray, language: str, prompt: str | None):
+    def _alone(self, audio: np.ndarray, language: str, **kw: object):
         from workers.engines.base import ChunkText, Word
         from workers.engines.whisper_engine import chunk_seed
 
@@ -111,10 +113,12 @@ class Decoder:
         with e.sampling.chunk(chunk_seed(audio, language, self.options)):
             segments, _ = e.model.transcribe(audio, language=language, beam_size=self.options.beam_size,
                                              word_timestamps=True, condition_on_previous_text=False,
-                                             vad_filter=False, initial_prompt=prompt or None)
+                                             vad_filter=False, **kw)
             words = [Word(round(w.start, 3), round(max(w.start, w.end), 3), w.word.strip())
                      for seg in list(segments) for w in (seg.words or [])]
-        return ChunkText(text=" ".join(w.word for w in words), words=words, language=language)
+        from workers.engines.whisper_engine import sound_onsets
+
+        return sound_onsets(audio, ChunkText(text=" ".join(w.word for w in words), words=words, language=language))
 
 
 def run_variant(v: Variant, items: list[dict], dec: Decoder) -> dict:
