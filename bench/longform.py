@@ -133,8 +133,9 @@ def _embedded(model: str, recs: list[longset.Built]) -> dict[str, dict]:
     out = longset.FOLDER / "embedded-out"
     shutil.rmtree(home, ignore_errors=True)
     shutil.rmtree(out, ignore_errors=True)
+    # the peers' environment (one OpenMP thread, as every measured process of the bench): CTranslate2's
+    # numerics, and so beam search's close calls, may differ with the thread setting
     env = child_env() | {"ASRQ_HOME": str(home)}
-    env.pop("OMP_NUM_THREADS")  # as a user's shell has it
     t0 = time.monotonic()
     cmd = [str(Path(sys.executable).parent / "asrq"), "transcribe", "--format", "json", "--out", str(out),
            "--model", model, *[r.path for r in recs]]
@@ -227,8 +228,8 @@ def summary_lines(res: dict) -> list[str]:
     return out
 
 
-def write(res: dict, quick: bool, command: str) -> Path:
-    dest = ROOT / "bench" / ("LONGFORM-quick.md" if quick else "LONGFORM.md")
+def write(res: dict, quick: bool, command: str, dest: Path | None = None) -> Path:
+    dest = dest or ROOT / "bench" / ("LONGFORM-quick.md" if quick else "LONGFORM.md")
     res["file"] = str(dest.relative_to(ROOT))
     dest.write_text(markdown(res, command))
     return dest
@@ -279,6 +280,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--models", default="", help="comma-separated (default: tiny.en and base; quick: tiny.en)")
     ap.add_argument("--systems", default="", help=f"comma-separated subset of asrq,asrq-stack,{','.join(PEERS)}")
     ap.add_argument("--recordings", default="", help="comma-separated names from bench/longset.py (default: all)")
+    ap.add_argument("--out", default="", help="the markdown file (default: bench/LONGFORM.md, quick: LONGFORM-quick.md)")
     args = ap.parse_args(argv)
 
     def listed(v: str) -> list[str] | None:
@@ -286,7 +288,7 @@ def main(argv: list[str] | None = None) -> int:
 
     res = run(args.quick, print, listed(args.models), listed(args.systems), listed(args.recordings))
     command = " ".join(shlex.quote(a) for a in ["python", "-m", "bench.longform", *(argv or sys.argv[1:])])
-    print(write(res, args.quick, command).read_text())
+    print(write(res, args.quick, command, Path(args.out).resolve() if args.out else None).read_text())
     return 0
 
 
