@@ -156,7 +156,7 @@ def _on_stack(model: str, recs: list[longset.Built], log) -> dict[str, dict]:
         stack.upload(b, items)
         t0 = time.monotonic()
         with b.client() as c:
-            ids = c.submit_batch([b.uri(i.name) for i in items], {"model": model, "beam_size": BEAM})
+            ids = c.submit_batch([b.uri(i.name) for i in items], {"model": model})  # beam 5: the default
         stack.wait_terminal(b, ids, timeout_s=max(1800.0, 2 * sum(r.duration_s for r in recs)))
         wall = time.monotonic() - t0
         out = {}
