@@ -28,6 +28,21 @@ def _rtfx(s: dict | None) -> float | None:
     return s["audio_s"] / s["time_s"] if s else None
 
 
+
+# the sections with a module of their own: result key -> module; each has checks, summary and details
+_SECTION_MODULES = {"ceiling": "orchestration", "feeding": "feeding", "vad": "vad_speed", "scale": "scale",
+                    "laptop": "laptop", "longform": "longform"}
+
+
+def _sections(r: dict, part: str) -> list:
+    import importlib
+
+    out: list = []
+    for key, module in _SECTION_MODULES.items():
+        if key in r:
+            out += getattr(importlib.import_module(f"bench.{module}"), part)(r[key])
+    return out
+
 def checks(r: dict) -> list[Check]:
     lim, nai, asrq = r.get("limit"), r.get("naive"), r.get("asrq")
     out = []
@@ -60,26 +75,7 @@ def checks(r: dict) -> list[Check]:
     if fc := r.get("first_chunk"):
         out.append(Check("time to first chunk result (short job, idle) <= 2 s", fc["median_s"] <= 2.0,
                          f"median {fc['median_s']:.2f} s, max {fc['max_s']:.2f} s over {len(fc['trials_s'])}"))
-    if "ceiling" in r:
-        from bench import orchestration
-
-        out += orchestration.checks(r["ceiling"])
-    if "feeding" in r:
-        from bench import feeding
-
-        out += feeding.checks(r["feeding"])
-    if "vad" in r:
-        from bench import vad_speed
-
-        out += vad_speed.checks(r["vad"])
-    if "scale" in r:
-        from bench import scale
-
-        out += scale.checks(r["scale"])
-    if "laptop" in r:
-        from bench import laptop
-
-        out += laptop.checks(r["laptop"])
+    out += _sections(r, "checks")
     return out
 
 
@@ -134,26 +130,7 @@ def console(r: dict) -> str:
              f"{r['machine']['ram_gib']} GiB, {r['machine']['cpu_model']}", r["corpus_line"], "",
              _text_table(table(r)), "", "ratios: " + (", ".join(ratios(r)) or "n/a"),
              "per CPU second (cross-check): " + (", ".join(ratios(r, per_cpu=True)) or "n/a"), ""]
-    if "ceiling" in r:
-        from bench import orchestration
-
-        lines += orchestration.summary(r["ceiling"])
-    if "feeding" in r:
-        from bench import feeding
-
-        lines += feeding.summary(r["feeding"])
-    if "vad" in r:
-        from bench import vad_speed
-
-        lines += vad_speed.summary(r["vad"])
-    if "scale" in r:
-        from bench import scale
-
-        lines += scale.summary(r["scale"])
-    if "laptop" in r:
-        from bench import laptop
-
-        lines += laptop.summary(r["laptop"])
+    lines += _sections(r, "summary")
     for c in checks(r):
         lines.append(f"{c.verdict:4}  {c.name}: {c.detail}")
     misses = [c for c in checks(r) if c.ok is False]
@@ -259,26 +236,7 @@ def details(r: dict) -> list[str]:
         if lat["send_lag_p99_ms"] > 5.0:
             out.append(f"  - the generator itself left late (p99 {lat['send_lag_p99_ms']} ms behind schedule): "
                        "the machine was too busy for a clean measurement")
-    if "ceiling" in r:
-        from bench import orchestration
-
-        out += orchestration.details(r["ceiling"])
-    if "feeding" in r:
-        from bench import feeding
-
-        out += feeding.details(r["feeding"])
-    if "vad" in r:
-        from bench import vad_speed
-
-        out += vad_speed.details(r["vad"])
-    if "scale" in r:
-        from bench import scale
-
-        out += scale.details(r["scale"])
-    if "laptop" in r:
-        from bench import laptop
-
-        out += laptop.details(r["laptop"])
+    out += _sections(r, "details")
     if pr := r.get("cpu_probe_ms"):
         out.append("- CPU speed probe (ms for a fixed single-core loop, best of 3; lower is faster), taken before "
                    "each section once the machine had settled (up to 4 min idle): "

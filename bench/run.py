@@ -27,7 +27,7 @@ from bench import corpus, measure, report
 ROOT = Path(__file__).resolve().parents[1]
 MODEL = "bundled:tiny.en"
 BEAM = 5
-SECTIONS = ("limit", "naive", "asrq", "service", "memory", "ceiling", "vad", "scale", "laptop", "feeding")
+SECTIONS = ("limit", "naive", "asrq", "service", "memory", "ceiling", "vad", "scale", "laptop", "feeding", "longform")
 
 
 @dataclass(frozen=True)
@@ -195,6 +195,14 @@ def main(argv: list[str] | None = None) -> int:
         probes["feeding"] = settle(probes["start"])
         log("feeding: a simulated accelerator (the sim engine) behind the real transcribe worker")
         results["feeding"] = feeding.run(args.quick, log=log)
+    if "longform" in sections:
+        # issue 16: long recordings against faster-whisper (bench/LONGFORM*.md)
+        from bench import longform
+
+        probes["longform"] = settle(probes["start"])
+        log("long-form accuracy: asrq against faster-whisper on the long-form set")
+        results["longform"] = longform.run(args.quick, log=log)
+        longform.write(results["longform"], args.quick, results["command"])
     for key in ("limit", "naive", "asrq"):
         if key in results:
             sec = results[key]

@@ -7,6 +7,7 @@ import logging
 import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
@@ -90,7 +91,7 @@ class WhisperEngine(Engine):
             if "out of memory" in str(e).lower():
                 raise EngineOutOfMemory(str(e)) from e
             raise
-        return [simplified(r) for r in results]
+        return [simplified(sound_onsets(a, r)) for a, r in zip(audios, results)]
 
     def padded_s(self, duration_s: float) -> float:
         # the batched (CUDA) pass encodes every chunk as one full window, whatever its length
@@ -228,6 +229,17 @@ class WhisperEngine(Engine):
             words = [Word(round(w.start, 3), round(max(w.start, w.end), 3), w.word.strip())
                      for seg in list(segments) for w in (seg.words or [])]
         return ChunkText(text=" ".join(w.word for w in words), words=words, language=language)
+
+
+def sound_onsets(audio: np.ndarray, result: ChunkText) -> ChunkText:
+    """Each word that follows a pause starts where the sound does (workers/engines/word_onsets.py): Whisper's
+    attention-based word times put it anywhere in the pause before it or a few hundred ms late, and a
+    subtitle or a search hit should start when the speaker does (bench/ABLATION-longform.md)."""
+    from workers.engines.word_onsets import refine_starts
+
+    if not result.words:
+        return result
+    return replace(result, words=refine_starts(audio, result.words))
 
 
 def simplified(result: ChunkText) -> ChunkText:
