@@ -58,7 +58,11 @@ def _submit(st: Stack, names=FILES) -> dict[str, str]:
 
 def _wait(st: Stack, ids: dict[str, str], timeout_s: float = 300) -> dict[str, dict]:
     with st.client() as c:
-        done = c.wait(ids.values(), timeout_s=timeout_s)
+        try:
+            done = c.wait(ids.values(), timeout_s=timeout_s)
+        except TimeoutError as e:  # which jobs, in which state, and what the processes logged
+            states = {n: c.job(i)["state"] for n, i in ids.items()}
+            raise TimeoutError(f"{e}: {states}\n{st.logs()}") from e
     return {n: done[i] for n, i in ids.items()}
 
 

@@ -785,6 +785,43 @@ def test_a_stopping_stream_finishes_its_batch_and_gives_back_the_rest(live, monk
     assert sorted(resent) == sorted(str(ids[i]) for i in range(4) if i not in ran)  # their messages go again
 
 
+def test_a_batch_that_fails_to_start_leaves_the_stream_and_runs_later(live, monkeypatch):
+    """The database goes away as a batch's attempt is charged: its chunks must leave the stream (no
+    heartbeat keeps them fresh, no later message for them is ignored as a duplicate), so a message sent
+    again, or the reconciler once their lease lapses, brings them back and they run."""
+    from sqlalchemy.exc import OperationalError
+
+    from tests.gated_engine import GatedEngine, install
+    from workers.tasks import transcribe
+    from workers.tasks.stream import ChunkStream
+
+    engine = GatedEngine()
+    engine.release_first.set()
+    install(engine, monkeypatch)
+    start = transcribe._start
+    failed = threading.Event()
+
+    def start_once_down(claimed, audios):  # noqa: ANN001, ANN202
+        if not failed.is_set():
+            failed.set()
+            raise OperationalError("UPDATE chunks", {}, Exception("server closed the connection unexpectedly"))
+        return start(claimed, audios)
+
+    monkeypatch.setattr(transcribe, "_start", start_once_down)
+    _, ids = _add_gated_job(2)
+    stream = ChunkStream("worker-f")
+    try:
+        stream.intake([str(c) for c in ids], {}, {})
+        assert failed.wait(60), "the batch never reached its start"
+        wait_until(lambda: not stream.held.chunk_ids and not stream.held.claims and not stream._inside, 30, 0.05,
+                   "the failed batch out of the stream and its heartbeat")
+        stream.intake([str(c) for c in ids], {}, {})  # the message sent again
+        wait_until(lambda: all(st == ChunkState.DONE for st, _, _ in _chunk_rows(ids).values()), 60, 0.1,
+                   f"the chunks run on their next message: {_chunk_rows(ids)}")
+    finally:
+        stream.close()
+
+
 # ---- lock order ---------------------------------------------------------------------------------------------------
 
 

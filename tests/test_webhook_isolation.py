@@ -160,6 +160,8 @@ def test_a_blackholed_webhook_receiver_delays_neither_reconcile_nor_prepare(serv
         fresh = _job()
         send_prepare([fresh])
         wait_until(lambda: _taken_by_a_prepare(fresh), STARTUP_S, what=f"the new job's prepare\n{worker.tail()}")
+        # the webhook pool starts beside the others, not before them: the test begins once it holds tries
+        wait_until(lambda: hole.open_now >= 1, STARTUP_S, what=f"tries held by the receiver\n{worker.tail()}")
         # now a job whose prepare message was lost: only a reconcile pass can send it again, and it must,
         # within a few passes, while the receiver still holds the tries
         lost = _job()

@@ -118,7 +118,13 @@ class ChunkStream:
     def _feed(self) -> None:
         while True:
             self._ahead.acquire()
-            batch = self._next_batch()
+            try:
+                batch = self._next_batch()
+            except Exception:  # noqa: BLE001 - the feeder must outlive a bad plan: it takes nothing from the pool
+                log.exception("transcribe stream: planning the next batch failed")
+                self._ahead.release()
+                time.sleep(1.0)
+                continue
             if batch is None:
                 self._ready.put(None)
                 return
@@ -207,8 +213,15 @@ class ChunkStream:
                     with self._cond:
                         done = {w.chunk_id for w in started} - self._storing
                     self._finished(done)
-            except Exception:  # noqa: BLE001 - the stream goes on; the leases bound what this batch held
+            except Exception:  # noqa: BLE001 - the stream goes on
+                # (the database went away as the attempt was charged, say): what is not being stored leaves the
+                # stream, so its heartbeat stops and a later message or the lapsed lease brings it back; kept
+                # inside, it would be heartbeated forever and every message for it ignored as a duplicate
                 log.exception("transcribe stream: a batch of %d chunks failed", len(claimed))
+                with self._cond:
+                    left = [w for w in claimed if w.chunk_id in self._inside and w.chunk_id not in self._storing]
+                t._give_back_quietly(left, "the batch failed before it ran")
+                self._finished({w.chunk_id for w in left})
             finally:
                 with self._cond:
                     self._engine_busy = False
