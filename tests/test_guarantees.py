@@ -822,6 +822,52 @@ def test_a_batch_that_fails_to_start_leaves_the_stream_and_runs_later(live, monk
         stream.close()
 
 
+def test_a_suspect_runs_only_once_the_batches_before_it_are_stored(live, monkeypatch):
+    """A suspect (a chunk that was running when its worker died) may kill this worker too. The stream
+    stores a batch's results while the next batch runs, so a suspect started meanwhile could take an
+    innocent batch's unstored results down with it, charging those chunks for its crash each time until
+    they gave up. The suspect starts once the batches before it are stored."""
+    from tests.gated_engine import GatedEngine, install
+    from workers.tasks import transcribe
+    from workers.tasks.stream import ChunkStream
+
+    _two_per_batch(monkeypatch)  # chunks 0 and 1 fill a batch, which goes first (the suspect waits 2 s more)
+    engine = GatedEngine()
+    engine.release_first.set()
+    install(engine, monkeypatch)
+    events: list[str] = []
+    store_gate = threading.Event()
+    store, start = transcribe._store_results, transcribe._start
+
+    def slow_store(work, *a, **kw):  # noqa: ANN001, ANN002, ANN003, ANN202
+        store_gate.wait(30)
+        store(work, *a, **kw)
+        events.append("stored " + ",".join(sorted(str(w.index) for w in work)))
+
+    def record_start(claimed, audios):  # noqa: ANN001, ANN202
+        events.append("start " + ",".join(sorted(str(w.index) for w in claimed)))
+        return start(claimed, audios)
+
+    monkeypatch.setattr(transcribe, "_store_results", slow_store)
+    monkeypatch.setattr(transcribe, "_start", record_start)
+    _, ids = _add_gated_job(3)
+    with _session() as s:  # chunk 2 was running when a worker died
+        s.execute(update(Chunk).where(Chunk.id == ids[2]).values(attempts=1))
+        s.commit()
+    stream = ChunkStream("worker-p")
+    try:
+        stream.intake([str(c) for c in ids], {}, {})
+        wait_until(lambda: "start 0,1" in events, 60, 0.05, f"the fresh batch started: {events}")
+        time.sleep(1.5)  # time for the suspect to start too early, were it allowed to
+        store_gate.set()
+        wait_until(lambda: all(st == ChunkState.DONE for st, _, _ in _chunk_rows(ids).values()), 60, 0.1,
+                   f"every chunk stored: {events}")
+        assert events.index("stored 0,1") < events.index("start 2"), events
+    finally:
+        store_gate.set()
+        stream.close()
+
+
 # ---- lock order ---------------------------------------------------------------------------------------------------
 
 

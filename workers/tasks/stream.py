@@ -206,6 +206,11 @@ class ChunkStream:
                     t._give_back_quietly(claimed, "the worker stopped before running this chunk")
                     self._finished({w.chunk_id for w in claimed})
                     continue
+                if any(w.attempts > 0 for w in claimed):
+                    # a suspect (its worker died running it) may kill this one too: the batches before it are
+                    # stored first, or an innocent batch whose results were still being stored would be
+                    # charged for the suspect's crash, again and again, until it gave up
+                    self._wait_stored()
                 started, audios = t._start(claimed, audios)
                 self._finished({w.chunk_id for w in claimed} - {w.chunk_id for w in started})
                 if started:
@@ -248,7 +253,13 @@ class ChunkStream:
                 t._give_back_quietly(work, f"the results could not be stored: {type(e).__name__}")
             with self._cond:
                 self._storing.difference_update(w.chunk_id for w in work)
+                self._cond.notify_all()
             self._finished({w.chunk_id for w in work})
+
+    def _wait_stored(self) -> None:
+        with self._cond:
+            while self._storing:
+                self._cond.wait(0.5)
 
     # --- bookkeeping ---------------------------------------------------------------------------------------
 
