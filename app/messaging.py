@@ -376,8 +376,9 @@ def try_promise(task: str, ids: list) -> None:
 
 @before_task_publish.connect(weak=False)
 def _stamp(sender: str | None = None, headers: dict | None = None, **_: object) -> None:
-    """Every message of ours carries its publish time (the reconciler compares it with the oldest waiting)."""
-    if sender in TRACKED and headers is not None:
+    """Every message of ours carries its publish time (the reconciler, and the webhook sweep, compare it with
+    the oldest waiting)."""
+    if (sender in TRACKED or sender == TASK_WEBHOOK) and headers is not None:
         headers.setdefault(SENT_HEADER, time.time())
 
 

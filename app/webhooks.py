@@ -19,12 +19,13 @@ import hashlib
 import hmac
 import json
 import logging
+import math
 import random
 import secrets
 import time
 import uuid
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta, timezone
 
 from sqlalchemy import insert, select, update
 from sqlalchemy.exc import IntegrityError
@@ -92,12 +93,24 @@ def claim_s(settings: Settings) -> float:
     return 120 + 4 * settings.webhook_timeout_s
 
 
-def dispatch_due(session: Session, settings: Settings, job_id: uuid.UUID | None = None) -> list[tuple[str, int]]:
+def dispatch_due(session: Session, settings: Settings, job_id: uuid.UUID | None = None,
+                 waiting_since: float | None = None) -> list[tuple[str, int]]:
     """Rows due now (of one job, or the oldest ``webhook_sweep_batch``), each pushed out by a claim period
-    in this transaction; returns (delivery id, try number) for the caller to send once it commits."""
+    in this transaction; returns (delivery id, try number) for the caller to send once it commits.
+
+    ``waiting_since``: the publish time of the oldest message still waiting on the webhook queue (epoch
+    seconds; +inf when none waits). The queue is first in, first out, so a row sent after that message
+    (its claim began then) still has its own message waiting, however long a backlog of tries to slow
+    receivers makes it wait: such a row is not sent again when its claim runs out. Rows are sent again
+    only once their message has left the queue and its try never came."""
     now = utcnow()
+    until = now
+    if waiting_since is not None and waiting_since != math.inf:
+        # publishers' clocks blur publish times by up to the reconciler's margin (workers/inventory.py)
+        sent_before = waiting_since - settings.reconcile_stale_s + claim_s(settings)
+        until = min(now, datetime.fromtimestamp(max(sent_before, 0.0), timezone.utc))
     q = (select(WebhookDelivery.id, WebhookDelivery.attempts)
-         .where(WebhookDelivery.state == WebhookState.PENDING, WebhookDelivery.next_attempt_at <= now)
+         .where(WebhookDelivery.state == WebhookState.PENDING, WebhookDelivery.next_attempt_at <= until)
          .order_by(WebhookDelivery.next_attempt_at).limit(settings.webhook_sweep_batch))
     if job_id is not None:
         q = q.where(WebhookDelivery.job_id == job_id)

@@ -210,3 +210,64 @@ def test_each_kind_of_cpu_work_gets_a_pool_of_its_own(tmp_path):
         assert routes["asrq.reconcile"]["queue"] == QUEUE_RECONCILE and routes["asrq.webhook"]["queue"] == QUEUE_WEBHOOK
     finally:
         app.close()
+
+
+def test_a_try_waiting_behind_a_backlog_is_not_sent_again_and_a_lost_one_is(services, monkeypatch):
+    """A try whose message waits in the webhook queue longer than its claim period (a backlog of tries to a
+    slow receiver) is not sent again by the sweep: the queue would otherwise gain one duplicate per row and
+    claim period for as long as the backlog lasts. A try whose message left the queue without its try
+    being taken (its worker died) is sent again, once, with the same try number. Real Postgres and Redis;
+    the sweep's clock is moved past the claim period rather than waited for."""
+    import base64
+    import json
+
+    import redis
+
+    from app import webhooks
+    from app.constants import QUEUE_WEBHOOK
+    from app.db.models import utcnow
+    from app.db.session import session_scope
+    from app.lifecycle import fail_job
+    from app.messaging import redis_queue_keys
+    from app.settings import get_settings
+    from workers.tasks.webhook import webhook_sweep
+
+    # publish times closer than this are taken as concurrent (clock blur): the test's sends are 0.3 s apart
+    monkeypatch.setenv("ASRQ_RECONCILE_STALE_S", "0.05")
+    get_settings.cache_clear()
+    r = redis.Redis.from_url(services["ASRQ_BROKER_URL"])
+
+    def queued() -> list[tuple[str, int]]:
+        raws = [raw for key in redis_queue_keys(QUEUE_WEBHOOK) for raw in r.lrange(key, 0, -1)]
+        return sorted(tuple(json.loads(base64.b64decode(json.loads(raw)["body"]))[0]) for raw in raws)
+
+    def ended(n: int) -> None:
+        jobs = [_job("http://127.0.0.1:9/hook") for _ in range(n)]
+        with session_scope() as s:
+            for jid in jobs:
+                fail_job(s, jid, "ended for this test")
+
+    def sweep_later(periods: int = 1) -> int:  # the sweep once the claim periods taken so far are over
+        later = utcnow() + periods * timedelta(seconds=webhooks.claim_s(get_settings()) + 1)
+        with monkeypatch.context() as m:
+            m.setattr(webhooks, "utcnow", lambda: later)
+            return webhook_sweep()
+
+    ended(1)
+    assert webhook_sweep() == 1  # nothing consumes the webhook queue: the tries wait there
+    first = queued()
+    time.sleep(0.3)
+    ended(2)
+    assert webhook_sweep() == 2
+    backlog = queued()
+    assert len(backlog) == 3
+    assert sweep_later() == 0, "tries still waiting in the queue were sent again"
+    assert queued() == backlog
+
+    # the oldest message is handed to a worker that dies before its try: it leaves the queue and its row
+    # stays at try 0; that one alone is sent again, with the same try number
+    taken = next(k for k in redis_queue_keys(QUEUE_WEBHOOK) if r.llen(k))
+    assert [tuple(json.loads(base64.b64decode(json.loads(r.rpop(taken))["body"]))[0])] == first
+    assert sweep_later() == 1
+    assert queued() == backlog
+    assert sweep_later(2) == 0  # and its new message waits like the others

@@ -123,6 +123,20 @@ def _hmget(client, key: str, fields: list[str]) -> Iterator:  # noqa: ANN001
             yield from page
 
 
+def oldest_waiting(settings: Settings, queue: str) -> float | None:
+    """The publish time of the oldest message still waiting on ``queue``, over its priority lists: +inf
+    when it is empty, -inf when that message does not say; None where the broker cannot be read so."""
+    if not settings.broker_url.startswith(("redis://", "rediss://")):
+        return None
+    import redis
+
+    client = redis.Redis.from_url(settings.broker_url, socket_timeout=10)
+    try:
+        return min(_oldest_waiting(client, {queue})[queue].values())
+    finally:
+        client.close()
+
+
 def _oldest_waiting(client, queues: Iterable[str]) -> dict[str, dict[int, float]]:  # noqa: ANN001
     """Per queue and priority level, the publish time of the oldest message still waiting (the list's tail):
     +inf for an empty list (nothing waits), -inf for a message that does not say (sent before the sent

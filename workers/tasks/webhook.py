@@ -8,12 +8,13 @@ from __future__ import annotations
 import logging
 import uuid
 
-from app.constants import TASK_WEBHOOK, TASK_WEBHOOK_SWEEP
+from app.constants import QUEUE_WEBHOOK, TASK_WEBHOOK, TASK_WEBHOOK_SWEEP
 from app.db.session import session_scope
 from app.messaging import send_webhook_tries as send_deliveries
 from app.settings import get_settings
 from app.webhooks import dispatch_due
 from workers.celery_app import app
+from workers.inventory import oldest_waiting
 from workers.webhooks import deliver
 
 log = logging.getLogger("asrq.webhooks")
@@ -34,7 +35,9 @@ def webhook(delivery_id: str, n: int) -> str | None:
 def webhook_sweep() -> int:
     try:
         with session_scope() as s:
-            due = dispatch_due(s, get_settings())
+            settings = get_settings()
+            # a try still waiting behind a backlog is not sent again (app/webhooks.py)
+            due = dispatch_due(s, settings, waiting_since=oldest_waiting(settings, QUEUE_WEBHOOK))
         send_deliveries(due)
         return len(due)
     except Exception as e:  # noqa: BLE001 - the next beat tries again
