@@ -134,7 +134,7 @@ class Settings(BaseSettings):
     # still this long is checked against the broker: re-sent if its message was lost.
     reconcile_stale_s: float = Field(60.0, gt=0)
     # the API answers a batch before it publishes its messages, and promises them first: a job whose
-    # publish is promised does not count as lost for this long (app/messaging.py); past it, the API that
+    # publish is promised does not count as lost for this long (app/sent_index.py); past it, the API that
     # promised is taken for dead and the reconciler sends what is missing
     publish_promise_s: float = Field(120.0, gt=0)
     # a transcribe task that holds its chunks longer than this is hung: its heartbeat stops

@@ -39,7 +39,7 @@ def _warm(**_kw: object) -> None:
             engine.batch_budget_s(s.batch_audio_s, s.gpu_memory_fraction, s.batch_max_requests)
 
 
-# --- the sent index (app/messaging.py): a message handled leaves it -------------------------------------
+# --- the sent index (app/sent_index.py): a message handled leaves it -------------------------------------
 
 _started: dict[str, float] = {}
 
@@ -56,7 +56,7 @@ def _items(args: object) -> list[str]:
 
 @signals.task_prerun.connect
 def _note_start(task_id: str | None = None, task: object = None, **_kw: object) -> None:
-    from app.messaging import TRACKED
+    from app.sent_index import TRACKED
 
     if task_id and getattr(task, "name", None) in TRACKED:
         _started[task_id] = time.time()
@@ -65,7 +65,7 @@ def _note_start(task_id: str | None = None, task: object = None, **_kw: object) 
 @signals.task_postrun.connect
 def _forget_handled(task_id: str | None = None, task: object = None, args: object = None,
                     **_kw: object) -> None:
-    from app.messaging import TRACKED, forget_handled
+    from app.sent_index import TRACKED, forget_handled
 
     started = _started.pop(task_id, None) if task_id else None
     name = getattr(task, "name", None)
