@@ -21,6 +21,8 @@ PRIORITY_STEPS = tuple(range(10))
 # the index of sent messages (app/sent_index.py): one Redis hash per task, item id -> what was sent and when,
 # so that the reconciler asks about the few items it suspects instead of reading every queue
 SENT_INDEX_PREFIX = "asrq:sent:"
+# who consumes each queue: one sorted set per queue, worker name -> when it last said so (app/consumers.py)
+CONSUMERS_PREFIX = "asrq:consumers:"
 SENT_HEADER = "asrq_sent"  # a message's publish time (epoch seconds), in its headers
 
 TASK_PREPARE = "asrq.prepare"
