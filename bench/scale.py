@@ -287,6 +287,47 @@ def _p(xs: list[float], q: float) -> float:
     return xs[min(len(xs) - 1, int(q * len(xs)))]
 
 
+def _page_buffers(db_url: str, c, params: dict, auth: dict) -> float:  # noqa: ANN001
+    """Postgres buffers read per job listed, at most over the first 5 pages of this listing (EXPLAIN ANALYZE,
+    BUFFERS, of the statements the API sent; per job, as the small table's pages may be short): what a page
+    reads, which no load on the machine changes, so it shows growth with the table where a p99 of wall
+    time on a busy machine cannot. An index range reads about one buffer a job."""
+    from sqlalchemy import create_engine, event
+    from sqlalchemy.engine import Engine
+
+    seen: list = []
+
+    def record(conn, cursor, statement, parameters, context, executemany):  # noqa: ANN001, ARG001
+        if "ORDER BY jobs.created_at DESC" in statement:
+            seen.append((statement, parameters))
+
+    event.listen(Engine, "before_cursor_execute", record)
+    try:
+        cursor = None
+        for _ in range(5):
+            r = c.get("/v1/jobs", params={"limit": 100, **params, **({"cursor": cursor} if cursor else {})},
+                      headers=auth)
+            cursor = r.json().get("next_cursor")
+            if not cursor:
+                break
+    finally:
+        event.remove(Engine, "before_cursor_execute", record)
+    engine = create_engine(db_url)
+    raw = engine.raw_connection()
+    try:
+        cur, most = raw.cursor(), 0
+        for statement, parameters in seen:
+            cur.execute("EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) " + statement, parameters)
+            plan = cur.fetchone()[0][0]["Plan"]
+            read = plan.get("Shared Hit Blocks", 0) + plan.get("Shared Read Blocks", 0)
+            most = max(most, read / max(1, plan.get("Actual Rows", 0)))
+        raw.rollback()
+        return most
+    finally:
+        raw.close()
+        engine.dispose()
+
+
 def measure_tables(finished: int, queued: int, status_ids: int, log=print) -> dict:  # noqa: ANN001
     """Each hot path timed on a database of ``finished`` + ``queued`` jobs: in-process API calls (the
     app and Postgres, no HTTP server), standings, one reconcile pass, one retention sweep. Bulk status
@@ -351,6 +392,7 @@ def measure_tables(finished: int, queued: int, status_ids: int, log=print) -> di
                     assert r.status_code == 200 and r.json()["jobs"], r.text
                     cursor = r.json().get("next_cursor")
                 out[f"{name}_p50_ms"], out[f"{name}_p99_ms"] = _p(lat, 0.5) * 1e3, _p(lat, 0.99) * 1e3
+                out[f"{name}_buffers"] = _page_buffers(db_url, c, params, auth)
             some = [str(j) for j in rng.sample(ids["t00"], status_ids)]
             lat = []
             for _ in range(5):
@@ -426,7 +468,9 @@ def checks(v: dict) -> list:
                   _ratio(v, "get_p99_ms") <= 1.5 and all(_ratio(v, k) <= 1.5 for k in _list_keys(big)),
                   f"GET p99 {big['get_p99_ms']:.1f} ms ({_ratio(v, 'get_p99_ms'):.2f}x), list p99 "
                   + ", ".join(f"{_LIST_NAMES[k]} {big[k]:.1f} ms ({_ratio(v, k):.2f}x)" for k in _list_keys(big))
-                  + f" at {big['finished']:,} finished jobs"),
+                  + f" at {big['finished']:,} finished jobs; buffers read per job listed: "
+                  + ", ".join(f"{big[b]:.2f} against {t['small'][b]:.2f}" for k in _list_keys(big)
+                              if (b := k.replace("_p99_ms", "_buffers")) in big)),
             Check("/metrics scrape <= 250 ms", big["scrape_ms"] <= 250, f"{big['scrape_ms']:.0f} ms (slowest of 5)"),
         ]
     return out + [
@@ -467,6 +511,10 @@ def details(v: dict) -> list[str]:
                           ("standings_ms", "fair-share standings ms"), ("reconcile_s", "reconcile pass s"),
                           ("retention_ms_per_job", "retention sweep ms a job")):
             out.append(f"    - {what}: {big[key]:.1f} against {small[key]:.1f} ({_ratio(v, key):.2f}x)")
+        for k in _list_keys(big):
+            if (b := k.replace("_p99_ms", "_buffers")) in big:
+                out.append(f"    - Postgres buffers read per job listed (most of the first 5 pages), {_LIST_NAMES[k]}: "
+                           f"{big[b]:.2f} against {small[b]:.2f} ({_ratio(v, b):.2f}x)")
         out.append(f"    - retention swept {big['retention_jobs']:,} expired jobs in {big['retention_s']:.1f} s; "
                    f"the reconcile pass re-sent {big['reconcile_resent']}")
     if "before_inventory_s" in v:
