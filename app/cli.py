@@ -181,7 +181,9 @@ def _keys_exist(settings) -> bool:  # noqa: ANN001
 
 
 @cli.command()
-@click.option("--queues", default=",".join(CPU_QUEUES), show_default=True, help="for CPU workers")
+@click.option("--queues", default=",".join(CPU_QUEUES), show_default=True,
+              help="for CPU workers; a list with maintenance but neither reconcile nor webhook (from before "
+                   "those had queues) gets both added")
 @click.option("--gpus", default=None, help="all | 0,1,... | cpu: one transcribe process per card")
 @click.option("--concurrency", default=None, type=int, help="CPU worker processes (default: cores)")
 @click.option("--beat", is_flag=True, help="also run the reconciler schedule (run exactly one)")

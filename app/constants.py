@@ -18,9 +18,11 @@ CPU_QUEUES = (QUEUE_PREPARE, QUEUE_FINALIZE, QUEUE_MAINTENANCE, QUEUE_RECONCILE,
 # broker priority levels (Redis: one list per level, "<queue>\x06\x16<level>" for levels above 0; level 0,
 # the queue's own list, is served first). app/fair_share.py decides each message's level
 PRIORITY_STEPS = tuple(range(10))
-# the index of sent messages (app/messaging.py): one Redis hash per task, item id -> what was sent and when,
+# the index of sent messages (app/sent_index.py): one Redis hash per task, item id -> what was sent and when,
 # so that the reconciler asks about the few items it suspects instead of reading every queue
 SENT_INDEX_PREFIX = "asrq:sent:"
+# who consumes each queue: one sorted set per queue, worker name -> when it last said so (app/consumers.py)
+CONSUMERS_PREFIX = "asrq:consumers:"
 SENT_HEADER = "asrq_sent"  # a message's publish time (epoch seconds), in its headers
 
 TASK_PREPARE = "asrq.prepare"

@@ -5,7 +5,8 @@ in workers/tasks/transcribe.py, re-sends in workers/tasks/reconcile.py, webhook 
 forks (Celery's prefork pool, uvicorn with several workers) writes them to files under
 ``PROMETHEUS_MULTIPROC_DIR``, which its parent sets and cleans at start (workers/launcher.py, `asrq api`);
 whoever serves /metrics sums those files. Jobs by state and queue depths are read at scrape time, by the
-API only, with one GROUP BY and one LLEN per queue, cached for ``ASRQ_METRICS_CACHE_S``.
+API only, with one GROUP BY, one LLEN per queue and one count of its consumers (app/consumers.py), cached
+for ``ASRQ_METRICS_CACHE_S``.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from prometheus_client import REGISTRY, CollectorRegistry, Counter, Histogram, g
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.multiprocess import MultiProcessCollector
 
+from app.consumers import consumer_counts
 from app.messaging import queue_depths
 
 log = logging.getLogger("asrq.metrics")
@@ -168,6 +170,7 @@ class StateCollector:
         self._read_at = float("-inf")
         self._states: dict[str, int] = {}
         self._queues: dict[str, int] = {}
+        self._consumers: dict[str, int] = {}
         self._finished: dict[str, int] = {}
         self._finished_took_s = 0.0
         self._finished_at = float("-inf")
@@ -206,16 +209,17 @@ class StateCollector:
         self._states = {st.value: 0 for st in JobState} | self._finished | in_flight
         try:
             self._queues = queue_depths(self.settings)
+            self._consumers = consumer_counts(self.settings)
         except Exception as e:  # noqa: BLE001 - a broker that is down: the job states are still worth a scrape
             log.warning("queue depths unreadable: %s", type(e).__name__)
-            self._queues = {}
+            self._queues, self._consumers = {}, {}
         self._read_at = time.monotonic()
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
         with self._lock:
             if time.monotonic() - self._read_at >= self.cache_s:
                 self._refresh()
-            states, queues = dict(self._states), dict(self._queues)
+            states, queues, consumers = dict(self._states), dict(self._queues), dict(self._consumers)
         jobs = GaugeMetricFamily("asrq_jobs", "Jobs by state, read from the database", labels=["state"])
         for state, n in sorted(states.items()):
             jobs.add_metric([state], n)
@@ -224,6 +228,11 @@ class StateCollector:
         for queue, n in sorted(queues.items()):
             depth.add_metric([queue], n)
         yield depth
+        workers = GaugeMetricFamily("asrq_queue_consumers", "Workers consuming each queue (0: its messages wait "
+                                    "for good; see app/consumers.py)", labels=["queue"])
+        for queue, n in sorted(consumers.items()):
+            workers.add_metric([queue], n)
+        yield workers
 
 
 def exposition(*registries: CollectorRegistry) -> bytes:

@@ -130,11 +130,14 @@ class Settings(BaseSettings):
     # runs: a worker that died hands its chunks on within this long.
     chunk_lease_s: float = Field(60.0, gt=0)
     reconcile_interval_s: float = Field(30.0, gt=0)
+    # each worker says every this long which queues it consumes (app/consumers.py); one silent for three
+    # of these counts as gone, and a queue that nobody consumes shows as asrq_queue_consumers 0
+    consumer_beat_s: float = Field(15.0, gt=0)
     # A job PREPARING/FINALIZING holds a lease this long (renewed the same way), and a job or chunk
     # still this long is checked against the broker: re-sent if its message was lost.
     reconcile_stale_s: float = Field(60.0, gt=0)
     # the API answers a batch before it publishes its messages, and promises them first: a job whose
-    # publish is promised does not count as lost for this long (app/messaging.py); past it, the API that
+    # publish is promised does not count as lost for this long (app/sent_index.py); past it, the API that
     # promised is taken for dead and the reconciler sends what is missing
     publish_promise_s: float = Field(120.0, gt=0)
     # a transcribe task that holds its chunks longer than this is hung: its heartbeat stops

@@ -217,10 +217,12 @@ class Stack:
 
 
 @contextlib.contextmanager
-def running_stack(env: dict, tmp: Path, api_key: str, cpu_concurrency: int = 1, metrics: bool = False):
+def running_stack(env: dict, tmp: Path, api_key: str, cpu_concurrency: int = 1, metrics: bool = False,
+                  workers: bool = True):
     """API, CPU worker (with the reconciler) and a transcribe worker on ``env``'s services; this test
     process points its own settings there too, and gets its old environment back afterwards. With
-    ``metrics``, each worker serves /metrics on a port of its own (``st.cpu_metrics``, ``st.gpu_metrics``)."""
+    ``metrics``, each worker serves /metrics on a port of its own (``st.cpu_metrics``, ``st.gpu_metrics``).
+    Without ``workers``, the API alone: jobs stay QUEUED, and no model is loaded."""
     saved = dict(os.environ)
     apply_env(env)
     st = Stack(env=env, tmp=tmp, api_url=f"http://127.0.0.1:{free_port()}", api_key=api_key)
@@ -229,8 +231,9 @@ def running_stack(env: dict, tmp: Path, api_key: str, cpu_concurrency: int = 1, 
         st.gpu_metrics = f"http://127.0.0.1:{free_port()}/metrics"
     try:
         st.start_api()
-        st.start_cpu_worker(concurrency=cpu_concurrency)
-        st.start_transcribe_worker()
+        if workers:
+            st.start_cpu_worker(concurrency=cpu_concurrency)
+            st.start_transcribe_worker()
         yield st
     finally:
         st.stop_all()

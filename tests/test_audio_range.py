@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import contextlib
 import io
-import os
 import secrets
 import uuid
 import wave
@@ -17,7 +16,7 @@ import pytest
 
 from app.api.routes_audio import BLOCK_BYTES, Unsatisfiable, media_type, parse_range
 from tests.conftest import REDIS_TEST_DB
-from tests.services import AUDIO, Stack, apply_env, base_env, free_port, postgres_database, redis_db
+from tests.services import AUDIO, Stack, base_env, postgres_database, redis_db, running_stack
 
 pytestmark = pytest.mark.slow
 
@@ -63,25 +62,16 @@ def test_media_types():
 def api(tmp_path_factory, s3):
     """Only the API process (no worker: jobs stay QUEUED, uploads stay stored)."""
     from app.db.migrate import upgrade
-    from app.db import session
 
     tmp = tmp_path_factory.mktemp("audio-api")
     endpoint, _ = s3
     key = secrets.token_urlsafe(16)
-    saved = dict(os.environ)
     with postgres_database() as db_url, redis_db(REDIS_TEST_DB) as broker:
         upgrade(db_url)
         env = base_env(db_url, broker, f"s3://asrq-test/{tmp.name}", endpoint, tmp, key)
-        apply_env(env)
-        st = Stack(env=env, tmp=tmp, api_url=f"http://127.0.0.1:{free_port()}", api_key=key)
-        try:
-            st.start_api()
+        with running_stack(env, tmp, key, workers=False) as st:
+            assert list(st.procs) == ["api"]
             yield st
-        finally:
-            st.stop_all()
-            os.environ.clear()
-            os.environ.update(saved)
-            session.reset_engines()
 
 
 def _client(st: Stack, key: str | None = None) -> httpx.Client:

@@ -228,7 +228,7 @@ def test_backlog_is_not_resent_but_a_flush_is(live):
 def _age_sent(live: Live, task: str, by_s: float) -> None:
     """Make every message of ``task`` look published ``by_s`` earlier (its sent-index field), as if it had
     been handed to a worker that long ago."""
-    from app.messaging import parse_sent_mark, sent_index_key, sent_mark
+    from app.sent_index import parse_sent_mark, sent_index_key, sent_mark
 
     key = sent_index_key(task)
     for item, raw in live.redis.hgetall(key).items():
@@ -269,7 +269,8 @@ def test_a_pass_costs_the_same_behind_any_backlog(live):
     import tracemalloc
 
     from app.constants import TASK_PREPARE
-    from app.messaging import send_prepare, sent_index_key
+    from app.messaging import send_prepare
+    from app.sent_index import sent_index_key
     from workers.tasks.reconcile import reconcile_once
 
     waiting = [_add_job() for _ in range(30)]
@@ -383,7 +384,7 @@ def test_a_batch_answered_before_its_publish_is_not_resent(live, monkeypatch):
     assert reconcile_once().get("prepare", 0) == 0
     # a promise kept by nobody (the API died before publishing): it lapses, and the job is sent
     from app.constants import TASK_PREPARE
-    from app.messaging import promise_sent
+    from app.sent_index import promise_sent
 
     jid = _add_job()
     promise_sent(TASK_PREPARE, [jid], within_s=3600)
@@ -396,7 +397,8 @@ def test_the_sent_index_holds_only_work_still_to_run(live):
     """A worker that handled a message drops its field, unless a message was published for that item
     since (its retry); the reconciler sweeps up the fields of finished items a dead worker left."""
     from app.constants import TASK_PREPARE
-    from app.messaging import forget_handled, promise_sent, send_prepare, sent_index_key
+    from app.messaging import send_prepare
+    from app.sent_index import forget_handled, promise_sent, sent_index_key
     from workers.tasks.reconcile import reconcile_once
 
     index = sent_index_key(TASK_PREPARE)

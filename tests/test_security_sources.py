@@ -441,9 +441,19 @@ def test_slow_webhook_holds_a_worker_only_for_its_timeout(embedded, servers, mon
     get_settings.cache_clear()
     answer = threading.Event()
     slow = servers(replies=[{"hold": answer, "status": 204}])
+    result: list[bool] = []
     try:
-        assert _deliver(f"http://127.0.0.1:{slow.port}/hook") is False
-        assert not answer.is_set() and len(slow.requests) == 1
+        # in a thread: a try with no timeout fails this test (the receiver answers after the bound), where
+        # it would otherwise hang it; the bound is 30 times the timeout, never what the check rests on
+        t = threading.Thread(target=lambda: result.append(_deliver(f"http://127.0.0.1:{slow.port}/hook")),
+                             daemon=True)
+        t.start()
+        t.join(30 * get_settings().webhook_timeout_s)
+        ended_first = not t.is_alive()
+        answer.set()
+        t.join(30)
+        assert ended_first and result == [False], "the try waited for the receiver: no timeout"
+        assert len(slow.requests) == 1
     finally:
         answer.set()
 

@@ -5,7 +5,7 @@ The reconciler asks this before it re-sends anything, so that it re-sends only w
 flush, a crash between commit and publish, a worker that died holding a message) and never what is merely
 waiting behind a long backlog. Its cost follows the number of suspects, never the backlog:
 
-* Redis: each message of ours has a field in the sent index (app/messaging.py: its publish time, the end
+* Redis: each message of ours has a field in the sent index (app/sent_index.py: its publish time, the end
   of its countdown, its priority list). Kombu's lists are first in, first out, so a message published
   well before the oldest one still waiting in its list has left that list (handed to a worker); one
   published after it is still waiting. So a pass reads one field per suspect and the oldest message of
@@ -33,7 +33,8 @@ from app.constants import (
     QUEUE_TRANSCRIBE,
     SENT_HEADER,
 )
-from app.messaging import TRACKED, parse_sent_mark, redis_list_key, sent_index_key
+from app.messaging import redis_list_key
+from app.sent_index import TRACKED, parse_sent_mark, sent_index_key
 from app.settings import Settings
 
 log = logging.getLogger("asrq.inventory")

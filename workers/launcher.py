@@ -21,7 +21,15 @@ import time
 from dataclasses import dataclass
 
 from app.catalog.plugins import check_engine_setting
-from app.constants import ALL_QUEUES, QUEUE_PREPARE, QUEUE_RECONCILE, QUEUE_TRANSCRIBE, QUEUE_WEBHOOK
+from app.constants import (
+    ALL_QUEUES,
+    CPU_QUEUES,
+    QUEUE_MAINTENANCE,
+    QUEUE_PREPARE,
+    QUEUE_RECONCILE,
+    QUEUE_TRANSCRIBE,
+    QUEUE_WEBHOOK,
+)
 from app.settings import Settings, get_settings
 
 log = logging.getLogger("asrq.launcher")
@@ -80,6 +88,39 @@ def transcribe_specs(gpus: str, settings: Settings) -> list[WorkerSpec]:
                    prefetch=settings.batch_max_requests)
         for c in cards
     ]
+
+
+def upgraded_queues(names: list[str]) -> list[str]:
+    """The queues a command line means. ``maintenance`` once carried the reconciler and the webhook
+    deliveries too; a unit written then (``--queues prepare,finalize,maintenance``) names neither
+    ``reconcile`` nor ``webhook``, and taken literally it would leave both unconsumed: no lost message
+    re-sent, no webhook delivered, and nothing failing. Such a list still gets what it had: both queues
+    are added, with a warning that says what to write. A list that names either is read as written."""
+    if QUEUE_MAINTENANCE not in names or QUEUE_RECONCILE in names or QUEUE_WEBHOOK in names:
+        return names
+    out = names + [QUEUE_RECONCILE, QUEUE_WEBHOOK]
+    log.warning("--queues %s is a list from before the reconciler and the webhook deliveries left %r for queues "
+                "of their own: consuming %r and %r here too, as %r did then. Write --queues %s to say so (or "
+                "name each queue where it should run) and this warning goes", ",".join(names),
+                QUEUE_MAINTENANCE, QUEUE_RECONCILE, QUEUE_WEBHOOK, QUEUE_MAINTENANCE, ",".join(out))
+    return out
+
+
+def warn_unconsumed(names: list[str], settings: Settings) -> list[str]:
+    """At start: the CPU queues that neither this launcher nor any live worker consumes (each needs one
+    somewhere, or its messages wait for good), each named in a warning; asrq_queue_consumers shows it after."""
+    from app.consumers import consumer_counts
+
+    try:
+        live = consumer_counts(settings)
+    except Exception as e:  # noqa: BLE001 - the broker is not up yet: the workers will retry, and say so
+        log.warning("could not read who consumes the queues (%s)", type(e).__name__)
+        return []
+    missing = [q for q in CPU_QUEUES if q not in names and live and not live.get(q)]
+    for q in missing:
+        log.warning("no worker consumes the %r queue (none heard from in the last %.0f s): its messages wait "
+                    "until one does; run `asrq worker --queues %s` somewhere", q, 3 * settings.consumer_beat_s, q)
+    return missing
 
 
 def cpu_specs(names: list[str], concurrency: int | None, beat: bool, settings: Settings) -> list[WorkerSpec]:
@@ -190,10 +231,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.gpus is not None:
         specs = transcribe_specs(args.gpus, settings)
     else:
-        names = [q.strip() for q in (args.queues or "").split(",") if q.strip()]
+        names = upgraded_queues([q.strip() for q in (args.queues or "").split(",") if q.strip()])
         specs = cpu_specs(names, args.concurrency, args.beat, settings)
         if not specs:
             raise SystemExit("no queues to consume: name some with --queues")
+        log.info("consuming %s here", ", ".join(names))
+        warn_unconsumed(names, settings)
     if args.metrics_port is not None:
         serve_metrics(specs, settings, args.metrics_port, args.metrics_host)
     return supervise(specs, settings)

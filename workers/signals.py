@@ -39,7 +39,58 @@ def _warm(**_kw: object) -> None:
             engine.batch_budget_s(s.batch_audio_s, s.gpu_memory_fraction, s.batch_max_requests)
 
 
-# --- the sent index (app/messaging.py): a message handled leaves it -------------------------------------
+# --- who consumes each queue (app/consumers.py) ---------------------------------------------------------
+
+_consuming: dict[str, object] = {}
+
+
+def _consumed(consumer: object) -> list[str]:
+    return sorted(consumer.app.amqp.queues.consume_from or {})  # type: ignore[attr-defined]
+
+
+@signals.worker_ready.connect
+def _say_consuming(sender: object = None, **_kw: object) -> None:
+    """Every beat, this worker's queues; a thread, so a long task never silences it."""
+    import threading
+
+    from app.consumers import say_consuming
+    from app.sent_index import is_redis
+    from app.settings import get_settings
+
+    settings, name, queues = get_settings(), sender.hostname, _consumed(sender)  # type: ignore[attr-defined]
+    log.info("worker %s consumes %s", name, ", ".join(queues))
+    if not is_redis(settings.broker_url):
+        return  # the one-shot's embedded broker: its one worker consumes every queue
+    stop = threading.Event()
+    _consuming.update(name=name, queues=queues, stop=stop)
+
+    def beat() -> None:
+        while True:
+            try:
+                say_consuming(settings, name, queues)
+            except Exception as e:  # noqa: BLE001 - the broker is away: the next beat says it again
+                log.warning("queues consumed not said (%s)", type(e).__name__)
+            if stop.wait(settings.consumer_beat_s):
+                return
+
+    threading.Thread(target=beat, name="asrq-consuming", daemon=True).start()
+
+
+@signals.worker_shutdown.connect
+def _say_gone(**_kw: object) -> None:
+    from app.consumers import say_gone
+    from app.settings import get_settings
+
+    if not _consuming:
+        return
+    _consuming["stop"].set()  # type: ignore[attr-defined]
+    try:
+        say_gone(get_settings(), _consuming["name"], _consuming["queues"])  # type: ignore[arg-type]
+    except Exception as e:  # noqa: BLE001 - it counts as gone three beats later
+        log.warning("queues consumed not withdrawn (%s)", type(e).__name__)
+
+
+# --- the sent index (app/sent_index.py): a message handled leaves it -------------------------------------
 
 _started: dict[str, float] = {}
 
@@ -56,7 +107,7 @@ def _items(args: object) -> list[str]:
 
 @signals.task_prerun.connect
 def _note_start(task_id: str | None = None, task: object = None, **_kw: object) -> None:
-    from app.messaging import TRACKED
+    from app.sent_index import TRACKED
 
     if task_id and getattr(task, "name", None) in TRACKED:
         _started[task_id] = time.time()
@@ -65,7 +116,7 @@ def _note_start(task_id: str | None = None, task: object = None, **_kw: object) 
 @signals.task_postrun.connect
 def _forget_handled(task_id: str | None = None, task: object = None, args: object = None,
                     **_kw: object) -> None:
-    from app.messaging import TRACKED, forget_handled
+    from app.sent_index import TRACKED, forget_handled
 
     started = _started.pop(task_id, None) if task_id else None
     name = getattr(task, "name", None)

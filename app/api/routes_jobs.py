@@ -30,7 +30,7 @@ from app.jobs import (
     submit_many,
     submit_one,
 )
-from app.messaging import send_prepare, try_promise, try_send
+from app.messaging import send_prepare, try_send
 from app.schemas import (
     BatchCreate,
     BatchOut,
@@ -44,6 +44,7 @@ from app.schemas import (
     StatusQuery,
 )
 from app.errors import TransientError
+from app.sent_index import try_promise
 from app.sources import (
     UPLOAD_SCHEME,
     Lookup,

@@ -135,8 +135,10 @@ class Job(Base):
         UniqueConstraint("tenant", "idempotency_key", name="uq_jobs_tenant_idem"),
         Index("ix_jobs_tenant_created", "tenant", "created_at", "id"),
         Index("ix_jobs_state_updated", "state", "updated_at"),
-        Index("ix_jobs_tenant_batch", "tenant", "batch_id"),
-        Index("ix_jobs_tenant_state", "tenant", "state"),  # a tenant's work in flight (app/fair_share.py)
+        # a tenant's jobs of a batch or of a state, in the listing's order (a page is one index range); the
+        # latter also counts a tenant's work in flight (app/fair_share.py)
+        Index("ix_jobs_tenant_batch_created", "tenant", "batch_id", "created_at", "id"),
+        Index("ix_jobs_tenant_state_created", "tenant", "state", "created_at", "id"),
         Index("ix_jobs_finished", "finished_at"),
         # the maintenance sweeps read the oldest finished jobs whose objects are still stored: partial
         # indexes keep that a short scan however many jobs were already swept

@@ -37,14 +37,8 @@ from app.constants import (
 from app.db.models import Chunk, ChunkState, Job, JobState, utcnow
 from app.db.session import session_scope
 from app.lifecycle import _advance, _fail_job_row, lock_jobs, log_state
-from app.messaging import (
-    forget_seen,
-    send_finalize,
-    send_prepare,
-    send_transcribe,
-    sent_index_key,
-    try_send,
-)
+from app.messaging import send_finalize, send_prepare, send_transcribe, try_send
+from app.sent_index import forget_seen, sent_index_key
 from app.settings import get_settings
 from workers.celery_app import app
 from workers.inventory import Inventory, read_inventory
