@@ -938,6 +938,43 @@ def test_between_two_batches_the_engine_thread_runs_alone(live, monkeypatch):
     assert events.index(("claim", claims[2])) > second_ran, events  # the third claimed once the second ran
 
 
+def test_a_batch_s_audio_is_freed_by_the_store_thread(live, monkeypatch):
+    """Issue 18 (the gap between batches): the engine thread dropped the last reference to a batch's audio as
+    it took the next batch, and freeing the arrays (30 MB for 24 chunks of 8-30 s) cost it 2 ms of CPU
+    there, between two batches (measured on the feeding bench, with the thread's CPU clock). The store
+    thread drops them now, once the next batch runs."""
+    import weakref
+
+    from tests.gated_engine import GatedEngine, install
+    from workers.tasks import transcribe
+    from workers.tasks.stream import ChunkStream
+
+    _two_per_batch(monkeypatch)
+    engine = GatedEngine()
+    engine.release_first.set()
+    install(engine, monkeypatch)
+    freed_by: dict[int, str] = {}
+    read = transcribe._read_all
+
+    def watched_read(work):  # noqa: ANN001, ANN202
+        audios = read(work)
+        for w, a in zip(work, audios):
+            weakref.finalize(a, lambda i=w.index: freed_by.setdefault(i, threading.current_thread().name))
+        return audios
+
+    monkeypatch.setattr(transcribe, "_read_all", watched_read)
+    _, ids = _add_gated_job(6)
+    stream = ChunkStream("worker-a")
+    try:
+        stream.intake([str(c) for c in ids], {}, {})
+        wait_until(lambda: all(st == ChunkState.DONE for st, _, _ in _chunk_rows(ids).values()), 60, 0.1,
+                   "every chunk stored")
+    finally:
+        stream.close()
+    assert set(freed_by) == set(range(6)), freed_by
+    assert set(freed_by.values()) == {"asrq-stream-store"}, freed_by
+
+
 def test_the_stream_runs_the_fullest_batch_first(live, monkeypatch):
     """Issue 18 (batch fill): the stream ran the planned batch holding the oldest chunk, cut from the longest
     chunk down, so a run that straddled a gap in the lengths went first half empty (the feeding bench: 18 %
