@@ -196,7 +196,7 @@ class ChunkStream:
             budget, cost = t._budget(group, engines)
             if oldest in group and (now - since[oldest.chunk_id] >= MAX_WAIT_S or not may_wait):
                 around, _ = fullest_batch(group, lambda w: w.duration_s, budget, s.batch_max_requests, cost,
-                                             holding=oldest)
+                                          holding=oldest)
                 if now - since[oldest.chunk_id] >= MAX_WAIT_S:
                     return around
                 fallback = around
