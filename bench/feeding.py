@@ -56,7 +56,7 @@ class FeedingSpec:
     seed: int = 20251203
 
 
-QUICK = FeedingSpec("quick", 1200, (8.0, 30.0), 40)
+QUICK = FeedingSpec("quick", 2000, (8.0, 30.0), 40)
 FULL = FeedingSpec("full", 3000, (8.0, 30.0), 400)
 
 

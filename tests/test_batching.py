@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from workers.batching import group_by, halves, plan_batches, run_splitting_on_oom
+from workers.batching import fullest_batch, group_by, halves, plan_batches, run_splitting_on_oom
 from workers.engines.base import EngineOutOfMemory
 
 
@@ -82,6 +82,46 @@ def test_random_plans_respect_budget_and_limits():
         # greedy: a batch was closed only because the next item would break the budget or the count
         for b, nxt in zip(batches, batches[1:]):
             assert len(b) == max_items or b[0].dur * (len(b) + 1) > budget
+
+
+def _runs(items: list[Item], budget: float, max_items: int, cost=dur) -> list[tuple[list[Item], bool]]:  # noqa: ANN001
+    """Every run of the items sorted longest first that the budget lets its first item head (brute force)."""
+    ordered = sorted(items, key=dur, reverse=True)
+    out = []
+    for i in range(len(ordered)):
+        k = 1
+        while k < max_items and cost(ordered[i]) * (k + 1) <= budget:
+            k += 1
+        out.append((ordered[i:i + k], i + k <= len(ordered)))
+    return out
+
+
+def test_fullest_batch_is_the_run_with_most_audio():
+    rng = random.Random(18)
+    for _ in range(300):
+        items = [Item(f"i{k}", round(rng.uniform(0.5, 30), 2)) for k in range(rng.randint(1, 80))]
+        budget = rng.choice([30.0, 120.0, 496.0])
+        max_items = rng.randint(1, 64)
+        holding = rng.choice([None, rng.choice(items)])
+        batch, full = fullest_batch(items, dur, budget, max_items, holding=holding)
+        runs = [(b, f) for b, f in _runs(items, budget, max_items) if holding is None or holding in b]
+        assert (batch, full) in runs
+        assert len(batch) <= max_items and (len(batch) == 1 or batch[0].dur * len(batch) <= budget)
+        best_full = max((sum(i.dur for i in b) for b, f in runs if f), default=None)
+        if best_full is not None:  # a full run whenever there is one, and none fuller
+            assert full and sum(i.dur for i in batch) == pytest.approx(best_full)
+
+
+def test_fullest_batch_skips_a_sparse_stretch_of_lengths():
+    """plan_batches cuts from the longest item: its first batch is the 6 s item alone (a second would pass
+    the 10 s budget); the fullest run is the three of 3.3 s."""
+    items = [Item("a", 6.0), Item("b", 3.3), Item("c", 3.3), Item("d", 3.3)]
+    assert plan_batches(items, dur, 10.0, 8)[0] == [items[0]]
+    assert fullest_batch(items, dur, 10.0, 8) == (items[1:], True)
+    assert fullest_batch(items, dur, 10.0, 8, holding=items[0]) == ([items[0]], True)
+    # padded cost (Whisper's 30 s window): the count, not the lengths, bounds a batch
+    assert fullest_batch(items, dur, 60.0, 8, cost_s=lambda _: 30.0) == (items[:2], True)
+    assert fullest_batch([], dur, 10.0, 8) == ([], False)
 
 
 def test_group_by_keeps_option_sets_apart():

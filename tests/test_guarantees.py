@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import threading
 import time
+import types
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -868,6 +869,149 @@ def test_a_suspect_runs_only_once_the_batches_before_it_are_stored(live, monkeyp
     finally:
         store_gate.set()
         stream.close()
+
+
+def test_between_two_batches_the_engine_thread_runs_alone(live, monkeypatch):
+    """Issue 18 (the gap between batches): when a batch ended, the store thread (its results) and the feeder
+    (the batch after next) started at once, while the engine thread charged the next batch's attempt; each of
+    its database round trips then waited for the GIL they held (measured on the feeding bench: 18 ms (p50)
+    from one batch's end to the next one's start, 2 ms of it the engine thread's own CPU). Both now begin
+    once the next batch is in the engine. The next batch's start here waits for either of them to begin,
+    as they did."""
+    from tests.gated_engine import GatedEngine, install
+    from workers.tasks import transcribe
+    from workers.tasks.stream import ChunkStream
+
+    _two_per_batch(monkeypatch)
+    engine = GatedEngine()  # holds its first batch until the second one is claimed and read
+    install(engine, monkeypatch)
+    events: list[tuple[str, frozenset]] = []
+    moved = threading.Condition()
+    store, claim, start, run = (transcribe._store_results, transcribe._claim_and_read, transcribe._start,
+                                engine.transcribe_batch)
+
+    def note(kind: str, work) -> None:  # noqa: ANN001
+        with moved:
+            events.append((kind, frozenset(w.index for w in work)))
+            moved.notify_all()
+
+    def noted_store(work, *a, **kw):  # noqa: ANN001, ANN002, ANN003, ANN202
+        note("store", work)
+        return store(work, *a, **kw)
+
+    def noted_claim(batch, held=None):  # noqa: ANN001, ANN202
+        note("claim", batch)
+        return claim(batch, held)
+
+    def second_start_waits(claimed, audios):  # noqa: ANN001, ANN202
+        with moved:
+            if sum(k == "start" for k, _ in events) == 1:  # the second batch's turn: the first one has ended
+                moved.wait_for(lambda: any(k == "store" for k, _ in events)
+                               or sum(k == "claim" for k, _ in events) >= 3, timeout=3.0)
+            events.append(("start", frozenset(w.index for w in claimed)))
+        return start(claimed, audios)
+
+    def noted_run(audios, options):  # noqa: ANN001, ANN202
+        out = run(audios, options)
+        note("run", [types.SimpleNamespace(index=i) for i in engine.batches[-1]])
+        return out
+
+    monkeypatch.setattr(transcribe, "_store_results", noted_store)
+    monkeypatch.setattr(transcribe, "_claim_and_read", noted_claim)
+    monkeypatch.setattr(transcribe, "_start", second_start_waits)
+    monkeypatch.setattr(engine, "transcribe_batch", noted_run)
+    _, ids = _add_gated_job(6)
+    stream = ChunkStream("worker-g")
+    try:
+        stream.intake([str(c) for c in ids], {}, {})
+        assert engine.first_running.wait(60), "the first batch never reached the engine"
+        wait_until(lambda: stream._ready.qsize() == 1, 30, 0.05, "the second batch claimed and read")
+        engine.release_first.set()
+        wait_until(lambda: all(st == ChunkState.DONE for st, _, _ in _chunk_rows(ids).values()), 60, 0.1,
+                   f"every chunk stored: {events}")
+    finally:
+        engine.release_first.set()
+        stream.close()
+    runs = [b for k, b in events if k == "run"]
+    claims = [b for k, b in events if k == "claim"]
+    assert len(runs) == 3 and len(claims) == 3, events
+    second_ran = events.index(("run", runs[1]))
+    assert events.index(("store", runs[0])) > second_ran, events  # the first batch stored once the second ran
+    assert events.index(("claim", claims[2])) > second_ran, events  # the third claimed once the second ran
+
+
+def test_a_batch_s_audio_is_freed_by_the_store_thread(live, monkeypatch):
+    """Issue 18 (the gap between batches): the engine thread dropped the last reference to a batch's audio as
+    it took the next batch, and freeing the arrays (30 MB for 24 chunks of 8-30 s) cost it 2 ms of CPU
+    there, between two batches (measured on the feeding bench, with the thread's CPU clock). The store
+    thread drops them now, once the next batch runs."""
+    import weakref
+
+    from tests.gated_engine import GatedEngine, install
+    from workers.tasks import transcribe
+    from workers.tasks.stream import ChunkStream
+
+    _two_per_batch(monkeypatch)
+    engine = GatedEngine()
+    engine.release_first.set()
+    install(engine, monkeypatch)
+    freed_by: dict[int, str] = {}
+    read = transcribe._read_all
+
+    def watched_read(work):  # noqa: ANN001, ANN202
+        audios = read(work)
+        for w, a in zip(work, audios):
+            weakref.finalize(a, lambda i=w.index: freed_by.setdefault(i, threading.current_thread().name))
+        return audios
+
+    monkeypatch.setattr(transcribe, "_read_all", watched_read)
+    _, ids = _add_gated_job(6)
+    stream = ChunkStream("worker-a")
+    try:
+        stream.intake([str(c) for c in ids], {}, {})
+        wait_until(lambda: all(st == ChunkState.DONE for st, _, _ in _chunk_rows(ids).values()), 60, 0.1,
+                   "every chunk stored")
+    finally:
+        stream.close()
+    assert set(freed_by) == set(range(6)), freed_by
+    assert set(freed_by.values()) == {"asrq-stream-store"}, freed_by
+
+
+def test_the_stream_runs_the_fullest_batch_first(live, monkeypatch):
+    """Issue 18 (batch fill): the stream ran the planned batch holding the oldest chunk, cut from the longest
+    chunk down, so a run that straddled a gap in the lengths went first half empty (the feeding bench: 18 %
+    of batches under 90 % of the budget in audio). It now runs the fullest batch the pool holds first."""
+    from app.constants import pcm_key
+    from app.settings import get_settings
+    from app.storage import get_store
+    from tests.gated_engine import OPTIONS, GatedEngine, chunk_pcm, install
+    from workers.tasks.stream import ChunkStream
+
+    monkeypatch.setenv("ASRQ_BATCH_AUDIO_S", "10")
+    monkeypatch.setenv("ASRQ_BATCH_MAX_REQUESTS", "8")
+    get_settings.cache_clear()
+    engine = GatedEngine()
+    engine.release_first.set()
+    install(engine, monkeypatch)
+    jid = _add_job(JobState.TRANSCRIBING, dict(OPTIONS), stale=False)
+    get_store().put_bytes(pcm_key(jid), chunk_pcm(18))
+    # a 6 s chunk (a batch of its own: two would take 12 s of the 10) and three of 3.3 s (9.9 s together)
+    spans_ms = [(0, 6000), (6000, 9300), (10000, 13300), (14000, 17300)]
+    with _session() as s:
+        rows = [Chunk(job_id=jid, index=i, start_ms=a, end_ms=b, updated_at=utcnow()) for i, (a, b) in enumerate(spans_ms)]
+        s.add_all(rows)
+        s.flush()
+        s.execute(update(Job).where(Job.id == jid).values(chunks_total=len(rows)))
+        ids = [c.id for c in rows]
+    stream = ChunkStream("worker-f")
+    try:
+        stream.intake([str(c) for c in ids], {}, {})
+        wait_until(lambda: all(st == ChunkState.DONE for st, _, _ in _chunk_rows(ids).values()), 60, 0.1,
+                   "every chunk stored")
+    finally:
+        stream.close()
+    # the engine reports each chunk by the second it starts at
+    assert [sorted(b) for b in engine.batches] == [[6, 10, 14], [0]]
 
 
 # ---- lock order ---------------------------------------------------------------------------------------------------

@@ -216,12 +216,13 @@ def _give_back_quietly(work: list[ChunkWork], reason: str) -> None:
 
 
 def _run_guarded(batch: list[ChunkWork], audios: list[np.ndarray | Exception], worker: str,
-                 engines: Engines | None = None, store: Store | None = None) -> None:
+                 engines: Engines | None = None, store: Store | None = None,
+                 launching: Callable[[], None] | None = None) -> None:
     """One batch's outcome is recorded whatever goes wrong: a bug or an outage while handling it gives
     its chunks back instead of leaving them claimed until their lease ends. ``store`` records a batch's
     results (default: at once, here; the stream hands them to a thread so the next batch starts)."""
     try:
-        _run_batch(batch, audios, worker, engines or Engines(), store or _store_results)
+        _run_batch(batch, audios, worker, engines or Engines(), store or _store_results, launching)
     except Exception as e:  # noqa: BLE001
         log.warning("batch of %d chunks could not be handled (%s); giving it back", len(batch), type(e).__name__,
                     exc_info=not isinstance(e, TRANSIENT))
@@ -229,7 +230,7 @@ def _run_guarded(batch: list[ChunkWork], audios: list[np.ndarray | Exception], w
 
 
 def _run_batch(batch: list[ChunkWork], audios: list[np.ndarray | Exception], worker: str,
-               engines: Engines, store: Store | None = None) -> None:
+               engines: Engines, store: Store | None = None, launching: Callable[[], None] | None = None) -> None:
     store = store or _store_results
     settings = get_settings()
     ok = [(w, a) for w, a in zip(batch, audios) if not isinstance(a, Exception)]
@@ -267,6 +268,8 @@ def _run_batch(batch: list[ChunkWork], audios: list[np.ndarray | Exception], wor
     options = DecodeOptions(language=o.get("language"), hotwords=tuple(o.get("hotwords") or ()), itn=o.get("itn"))
 
     def infer(pairs: list[tuple[ChunkWork, np.ndarray]]) -> list:
+        if launching is not None:
+            launching()
         t0 = time.monotonic()
         texts = engine.transcribe_batch([a for _, a in pairs], options)
         store([w for w, _ in pairs], texts, time.monotonic() - t0, worker, str(engine.spec))
@@ -281,7 +284,7 @@ def _run_batch(batch: list[ChunkWork], audios: list[np.ndarray | Exception], wor
             # one bad chunk must not sink its batch-mates: retry each alone to isolate it
             log.warning("batch of %d failed (%s); retrying chunks one by one", len(ok), type(e).__name__)
             for pair in ok:
-                _run_guarded([pair[0]], [pair[1]], worker, engines, store)
+                _run_guarded([pair[0]], [pair[1]], worker, engines, store, launching)
             return
         w = ok[0][0]
         reason = str(e) if isinstance(e, PermanentError) else f"inference failed: {type(e).__name__}"
