@@ -56,7 +56,7 @@ VARIANTS = [
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m bench.longform_ablate")
-    ap.add_argument("--short", action="store_true", help="the tuning half's 3-minute recordings only")
+    ap.add_argument("--short", action="store_true", help="the half's 3-minute recordings only (not its 21-minute one)")
     ap.add_argument("--only", default="", help="comma-separated variant names")
     ap.add_argument("--out", default=str(ROOT / "bench" / "ABLATION-longform.md"))
     ap.add_argument("--half", default="tune", choices=("tune", "report"),
