@@ -35,6 +35,12 @@ class Variant:
     context_ms: int = 0  # extra audio on both sides of every chunk; the merge keeps each word once, by time
     prompt: bool = False  # the previous chunk's text as the decoder prompt (serialises a job's chunks)
     decoder: str = "product"  # "product" (engine.transcribe_batch), "sequential", "batched", "no-timestamps"
+    # a second decode of the chunks this rule flags, prompted with the first pass's text of the chunk before
+    # (known once the first pass is done, so a job's chunks still decode side by side): "" none, "all",
+    # or conditions joined by "|" on the first pass: "logprob<X" (a segment's mean token logprob),
+    # "temp>0" (a fallback temperature was used), "cr>X" (compression ratio), "late>X" (first word
+    # starts X s or more after the chunk's start), "empty"
+    redecode: str = ""
 
 
 def _hash(*parts: bytes) -> str:
@@ -86,7 +92,8 @@ class Decoder:
             t0 = time.monotonic()
             for i, r in zip(todo, self._decode([audios[i] for i in todo], how, [prompts[i] for i in todo])):
                 keys[i].parent.mkdir(parents=True, exist_ok=True)
-                keys[i].write_text(json.dumps({"text": r.text, "words": [[w.start_s, w.end_s, w.word] for w in r.words]}))
+                keys[i].write_text(json.dumps({"text": r.text, "words": [[w.start_s, w.end_s, w.word] for w in r.words],
+                                               "segments": getattr(r, "segments", [])}))
             self.decoded_s += time.monotonic() - t0
         return [json.loads(k.read_text()) for k in keys]
 
@@ -99,7 +106,7 @@ class Decoder:
             return e._decode(audios, language, self.options)
         if how == "sequential":
             return [e._decode_alone(a[: int(e.max_chunk_s * SR)], language, self.options) for a in audios]
-        if how == "prompt":
+        if how in ("prompt", "scored"):  # "scored": the product's decode (same call), with segment scores kept
             return [self._alone(a, language, initial_prompt=p or None) for a, p in zip(audios, prompts)]
         if how == "no-timestamps":  # one text per chunk, as BatchedInferencePipeline decodes its chunks
             return [self._alone(a, language, without_timestamps=True) for a in audios]
@@ -114,11 +121,35 @@ class Decoder:
             segments, _ = e.model.transcribe(audio, language=language, beam_size=self.options.beam_size,
                                              word_timestamps=True, condition_on_previous_text=False,
                                              vad_filter=False, **kw)
+            segs = list(segments)
             words = [Word(round(w.start, 3), round(max(w.start, w.end), 3), w.word.strip())
-                     for seg in list(segments) for w in (seg.words or [])]
+                     for seg in segs for w in (seg.words or [])]
         from workers.engines.whisper_engine import sound_onsets
 
-        return sound_onsets(audio, ChunkText(text=" ".join(w.word for w in words), words=words, language=language))
+        r = sound_onsets(audio, ChunkText(text=" ".join(w.word for w in words), words=words, language=language))
+        r.segments = [{"avg_logprob": g.avg_logprob, "compression_ratio": g.compression_ratio,  # type: ignore[attr-defined]
+                       "no_speech_prob": g.no_speech_prob, "temperature": g.temperature} for g in segs]
+        return r
+
+
+def flagged(rule: str, first: dict) -> bool:
+    """Whether a first-pass chunk decode (cached form) meets the re-decode rule."""
+    if rule == "all":
+        return True
+    segs = first.get("segments") or []
+    words = first["words"]
+    for cond in rule.split("|"):
+        if cond == "empty" and not words:
+            return True
+        if cond == "temp>0" and any((g["temperature"] or 0) > 0 for g in segs):
+            return True
+        if cond.startswith("logprob<") and any(g["avg_logprob"] < float(cond[8:]) for g in segs):
+            return True
+        if cond.startswith("cr>") and any(g["compression_ratio"] > float(cond[3:]) for g in segs):
+            return True
+        if cond.startswith("late>") and words and words[0][0] >= float(cond[5:]):
+            return True
+    return False
 
 
 def run_variant(v: Variant, items: list[dict], dec: Decoder) -> dict:
@@ -137,6 +168,7 @@ def run_variant(v: Variant, items: list[dict], dec: Decoder) -> dict:
                            pad_ms=v.pad_ms if v.pad_ms is not None else base.pad_ms)
     how = "prompt" if v.prompt else v.decoder
     out = {}
+    redecoded_s = 0.0
     for it in items:
         pcm = decode16k(Path(it["path"]))
         dur_ms = len(pcm) * 1000 // SR
@@ -150,12 +182,20 @@ def run_variant(v: Variant, items: list[dict], dec: Decoder) -> dict:
                 r = dec.run([a], how, [prev])[0]
                 decoded.append(r)
                 prev = r["text"][-400:] or None
+        elif v.redecode:  # first pass as the product decodes; flagged chunks again, prompted
+            decoded = dec.run(audios, "scored")
+            idx = [i for i in range(1, len(audios)) if flagged(v.redecode, decoded[i])]
+            prompts = [decoded[i - 1]["text"][-400:] or None for i in idx]
+            for i, r in zip(idx, dec.run([audios[i] for i in idx], "scored", prompts)):
+                decoded[i] = r
+            redecoded_s += sum(len(audios[i]) / SR for i in idx)
         else:
             decoded = dec.run(audios, how)
         chunks = [ChunkResult(n, a, b, r["text"], [Word(*w) for w in r["words"]])
                   for n, ((a, b), r) in enumerate(zip(spans, decoded))]
         words = absolute_words(chunks, len(pcm) / SR)
         out[it["name"]] = {"words": [[w.start_s, w.end_s, w.word] for w in words], "chunks": [list(x) for x in spans]}
+    out["_redecoded_s"] = redecoded_s  # audio decoded a second time, against the whole set's duration
     return out
 
 
