@@ -119,11 +119,15 @@ def test_engine_audio_counts_killed_batches_apart_and_catches_a_second_run() -> 
     b3 = {"start": 9.0, "audio_s": 20.0, "chunks": 2, "pid": 11}  # b2's chunks again
     ends = [{**b1, "end": 8.0}, {**b3, "end": 12.0}]
     r = Report()
-    engine_audio_once(r, [b1, b2, b3], ends, 60.0, kills=1)
+    engine_audio_once(r, [b1, b2, b3], ends, 60.0, killed_pids={12})
     assert r.ok, r.text
     assert "1 batch(es) of 20.0 s killed mid-way" in r.text
     # the same chunks run again with no kill to explain it: inference ran twice
     b4 = {"start": 13.0, "audio_s": 10.0, "chunks": 1, "pid": 12}
     r = Report()
-    engine_audio_once(r, [b1, b2, b3, b4], [*ends, {**b4, "end": 15.0}], 60.0, kills=1)
+    engine_audio_once(r, [b1, b2, b3, b4], [*ends, {**b4, "end": 15.0}], 60.0, killed_pids={12})
     assert not r.ok and "+10.0 audio-s beyond the chunks" in r.text
+    # a batch begun and not ended by a process nobody killed: still running a second time, not explained
+    r = Report()
+    engine_audio_once(r, [b1, b2, b3, b4], ends, 60.0, killed_pids={12} - {12})
+    assert not r.ok and "still running after every job ended: pid 12" in r.text
