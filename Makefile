@@ -51,12 +51,12 @@ bench-quick: $(STAMP) $(INSTANT_STAMP) deps
 # the chaos soak (tests/chaos/): faults at seeded random moments over the real stack; every seed runs,
 # and the target fails if any seed broke a guarantee. CHAOS_SEEDS="4 5" make chaos picks others.
 CHAOS_SEEDS ?= 1 2 3
-chaos: $(STAMP) deps
+chaos: $(STAMP) $(INSTANT_STAMP) deps
 	@failed=""; for s in $(CHAOS_SEEDS); do $(BIN)/python -m tests.chaos --seed $$s || failed="$$failed $$s"; done; \
 	  if [ -n "$$failed" ]; then echo "chaos: seeds failed:$$failed"; exit 1; fi
 
 # the quick campaign under pytest (tests/test_chaos.py, seed 7 unless ASRQ_CHAOS_SEED): one test per guarantee
-chaos-quick: $(STAMP) deps
+chaos-quick: $(STAMP) $(INSTANT_STAMP) deps
 	$(BIN)/python -m pytest -q -m chaos tests/test_chaos.py
 
 clean:

@@ -14,6 +14,8 @@ from tests.chaos.broker import PublishWatcher, per_target_duplicates, read_and_f
 from tests.chaos.coverage import FAULT_KINDS, Coverage, all_cells, required_cells, targets
 from tests.chaos.faults import plan_faults
 from tests.chaos.modes import FULL, QUICK
+from tests.chaos.report import Report
+from tests.chaos.timing import engine_audio_once
 from tests.chaos.workload import Blackhole
 from tests.fault_services import PrivateRedis
 from tests.services import wait_until
@@ -107,3 +109,25 @@ def test_blackhole_accepts_and_never_answers() -> None:
         s.close()
     finally:
         hole.close()
+
+
+def test_engine_audio_counts_killed_batches_apart_and_catches_a_second_run() -> None:
+    """The timing part's arithmetic: a batch begun and never ended (its worker killed mid-way) is counted
+    apart, so its chunks' second run is no excess; a chunk run twice to its end is."""
+    b1 = {"start": 1.0, "audio_s": 40.0, "chunks": 3, "pid": 11}
+    b2 = {"start": 2.0, "audio_s": 20.0, "chunks": 2, "pid": 12}  # killed mid-way
+    b3 = {"start": 9.0, "audio_s": 20.0, "chunks": 2, "pid": 11}  # b2's chunks again
+    ends = [{**b1, "end": 8.0}, {**b3, "end": 12.0}]
+    r = Report()
+    engine_audio_once(r, [b1, b2, b3], ends, 60.0, killed_pids={12})
+    assert r.ok, r.text
+    assert "1 batch(es) of 20.0 s killed mid-way" in r.text
+    # the same chunks run again with no kill to explain it: inference ran twice
+    b4 = {"start": 13.0, "audio_s": 10.0, "chunks": 1, "pid": 12}
+    r = Report()
+    engine_audio_once(r, [b1, b2, b3, b4], [*ends, {**b4, "end": 15.0}], 60.0, killed_pids={12})
+    assert not r.ok and "+10.0 audio-s beyond the chunks" in r.text
+    # a batch begun and not ended by a process nobody killed: still running a second time, not explained
+    r = Report()
+    engine_audio_once(r, [b1, b2, b3, b4], ends, 60.0, killed_pids={12} - {12})
+    assert not r.ok and "still running after every job ended: pid 12" in r.text

@@ -299,6 +299,28 @@ def test_a_pass_costs_the_same_behind_any_backlog(live):
     assert live.queue_len("prepare") == 100_035
 
 
+def test_a_pass_with_suspects_of_several_steps_reads_them_all(live):
+    """A pass that suspects a waiting prepare and a lost chunk at once: the chunk is sent again, the waiting
+    prepare is not. The chaos soak (seed 7, quick) found every pass failing once suspects of two steps
+    coexisted ("broker inventory unreadable (TypeError); re-sending nothing this run": the inventory reused
+    the name of its per-queue table for one list's oldest time), so after a Redis flush nothing recovered."""
+    from app.lifecycle import claim_chunks
+    from app.messaging import send_prepare
+    from workers.tasks.reconcile import reconcile_once
+
+    waiting = _add_job()
+    send_prepare([waiting])  # its message waits in the queue: not lost
+    jid = _add_job(JobState.TRANSCRIBING)
+    (cid,) = _add_chunks(jid, 1)
+    with _session() as s:
+        claim_chunks(s, [cid], lease_s=0.01, max_attempts=3)  # its holder died; its message is gone
+    time.sleep(0.05)
+    _age_everything()
+    counts = reconcile_once()
+    assert counts.get("transcribe") == 1 and counts.get("prepare", 0) == 0, counts
+    assert live.queue_len("prepare") == 1
+
+
 def test_a_countdown_held_by_a_worker_is_not_lost(live):
     """Issue 17 finding 4: a retry's countdown (up to retry_backoff_max_s) is held by the worker that
     received it, unacknowledged, until it comes due; it used to count as lost after the stale period.

@@ -90,11 +90,11 @@ def redis_inventory(client, asked: Asked, since: float, now: float, settings: Se
     # a countdown held by a worker counts up to the longest retry backoff (a longer one is not ours)
     eta_cap_s = settings.retry_backoff_max_s
     inv = Inventory()
-    oldest = _oldest_waiting(client, {TRACKED[t] for t in asked if t in TRACKED})
+    oldest_of = _oldest_waiting(client, {TRACKED[t] for t in asked if t in TRACKED})
     for task, ids in asked.items():
         if task not in TRACKED or not ids:
             continue
-        lists = oldest[TRACKED[task]]
+        lists = oldest_of[TRACKED[task]]
         every_list = min(lists.values())
         keys = [str(i) for i in ids]
         for item, raw in zip(keys, _hmget(client, sent_index_key(task), keys)):

@@ -16,7 +16,7 @@ from starlette.datastructures import UploadFile
 
 from app.api.auth import current_tenant
 from app.constants import TASK_PREPARE, TRANSCRIPT_FORMATS, source_key, transcript_key
-from app.db.models import JobState
+from app.db.models import Job, JobState
 from app.hotword_list import MAX_HOTWORDS_FILE_BYTES, parse_hotwords_text
 from app.jobs import (
     JobFilter,
@@ -182,10 +182,20 @@ async def submit_job(
             job, created, levels = submit_one(s, tenant, new, settings, job_id)  # TooManyQueued: 429
             return job_out(job), created, levels
 
+    def _no_row() -> bool:
+        """True only when the database says no job holds this id: a commit whose answer was lost (the
+        database went away as it replied) may have stored the row, and a retry with the same
+        Idempotency-Key is then answered with that job, which needs its upload."""
+        try:
+            with request.app.state.sessions() as s:
+                return s.get(Job, job_id) is None
+        except Exception:  # noqa: BLE001 - cannot tell: keep the upload (an orphan costs storage, not a job)
+            return False
+
     try:
         out, created, levels = await run_in_threadpool(_create)
     except BaseException:
-        if uploaded_key:
+        if uploaded_key and await run_in_threadpool(_no_row):
             await run_in_threadpool(get_store().delete_prefix, f"jobs/{job_id}/")
         raise
     if created:

@@ -1,8 +1,8 @@
 """Chaos soak: a seeded, randomized fault campaign over the real stack (issue 9).
 
-    python -m tests.chaos --seed N [--quick] [--part soak|backlog|all] [--workdir DIR]
+    python -m tests.chaos --seed N [--quick] [--part soak|timing|backlog|all] [--workdir DIR]
 
-Two parts, on services this process owns (a private Postgres cluster and Redis server, moto S3 behind a
+Three parts, on services this process owns (a private Postgres cluster and Redis server, moto S3 behind a
 TCP relay, a loopback HTTP/HTTPS server for URI sources) and the real asrq processes:
 
 soak     A seeded workload (uploads, http/https/s3 URIs, one or more POST /v1/jobs/batch, several tenants,
@@ -29,6 +29,14 @@ soak     A seeded workload (uploads, http/https/s3 URIs, one or more POST /v1/jo
              in the baseline and the chaos run (waits with the beat or Redis down excused);
          and reports the reconciler's re-sends, the longest recovery time, and the faults by kind and job
          state at injection.
+timing   Issue 17, findings 1 and 2: jobs on the bench's simulated card (the `sim` engine) through two
+         transcribe workers, every batch longer than a 3 s chunk lease, one worker killed mid-batch; a
+         quarter of the jobs name a punctuation model the API has and the workers do not, among jobs with
+         an installed one. Checks: the audio of every batch the card began equals the chunks' audio plus
+         the batches killed mid-way (inference never ran twice); the chunks' attempts add up to the runs
+         begun (a batch claimed ahead is not charged for a death before its turn); only the missing-model
+         jobs FAILED, each with the error naming its own model. tests/chaos/HOLES.md: the fixes whose
+         revert the soak catches.
 backlog  Finding 4: N jobs in one POST /v1/jobs/batch drain through one CPU worker with a short
          reconcile_stale_s; Redis is flushed half-way. duplicates, per job or chunk from task-sent events:
          publishes beyond the first, less one if the flush lost its message (read in the FLUSHALL's own
@@ -53,6 +61,7 @@ Modules, in the order a campaign uses them:
     coverage.py    the fault kinds, the phases each targets, the required cells and the coverage matrix
     faults.py      the seeded plan, the injector and its record, recovery times
     soak.py        the soak part: baseline, the run under faults, the verdict
+    timing.py      the timing part and its checks
     backlog.py     the backlog part
     checks.py      each guarantee's check, and the measurements printed beside them
     report.py      Report (lines, checks, metrics), the fault table

@@ -1,4 +1,4 @@
-"""python -m tests.chaos --seed N [--quick] [--part soak|backlog|all] [--workdir DIR]: exit 0 only when every
+"""python -m tests.chaos --seed N [--quick] [--part soak|timing|backlog|all] [--workdir DIR]: exit 0 only when every
 guarantee held."""
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m tests.chaos", description=tests.chaos.__doc__.split("\n\n")[0])
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--quick", action="store_true", help="~30 jobs and 300 backlog jobs (CI)")
-    ap.add_argument("--part", choices=["soak", "backlog", "all"], default="all")
+    ap.add_argument("--part", choices=["soak", "timing", "backlog", "all"], default="all")
     ap.add_argument("--workdir", type=Path, default=None, help="kept afterwards (default: a temp folder, removed "
                                                                "when the campaign passes)")
     a = ap.parse_args(argv)

@@ -35,8 +35,12 @@ def run_backlog(camp: Campaign) -> None:
     n = mode.backlog_jobs
     db_url = create_database(camp.pg, "backlog")
     camp.redis.flush()
+    # the jobs' model is the deployment's default, so the transcribe worker loads it before it takes messages:
+    # loaded cold on the first batch (22 s on a loaded 2-core box), it held up the worker's consumer past the
+    # 5 s stale period, and the chunk messages it had prefetched and not yet handed on were re-sent (45 of 300)
     env = camp.env_for(db_url, "backlog", {"ASRQ_RECONCILE_STALE_S": str(mode.backlog_stale_s),
-                                           "ASRQ_RECONCILE_INTERVAL_S": str(mode.backlog_interval_s)})
+                                           "ASRQ_RECONCILE_INTERVAL_S": str(mode.backlog_interval_s),
+                                           "ASRQ_ENGINE": "funasr", "ASRQ_MODEL": "tiny-paraformer"})
     build_tiny_paraformer(Path(env["ASRQ_MODELS_DIR"]) / "tiny-paraformer")
     clip = camp.inputs / "backlog-clip.wav"
     shutil.copyfile(AUDIO / "en_sr_one_two_three.wav", clip)

@@ -22,6 +22,7 @@ from tests.chaos.modes import FULL, QUICK, Mode
 from tests.chaos.report import Report, tree
 from tests.chaos.soak import Soak
 from tests.chaos.submission import api_client
+from tests.chaos.timing import run_timing
 from tests.chaos.workload import (
     SOURCE_BUCKET,
     TENANTS,
@@ -87,15 +88,16 @@ class Campaign:
             env[f"ASRQ_{allow.upper()}"] = SOURCE_BUCKET
         return env
 
-    def start_fleet(self, env: dict, name: str, cpu_concurrency: int) -> Fleet:
+    def start_fleet(self, env: dict, name: str, cpu_concurrency: int, kinds: tuple[str, ...] = PROCESS_KINDS,
+                    env_of: dict[str, dict] | None = None) -> Fleet:
         apply_env(env)
         stack = Stack(env=env, tmp=self.work / name, api_url=f"http://127.0.0.1:{free_port()}",
                       api_key=self.keys["acme"])
-        fleet = Fleet(stack, cpu_concurrency)
+        fleet = Fleet(stack, cpu_concurrency, kinds, env_of)
         self._stack_ctx.callback(fleet.close)  # whatever happens, no process outlives the campaign
-        for n in PROCESS_KINDS:
+        for n in kinds:
             fleet.start(n)
-        fleet.wait_ready(PROCESS_KINDS, 180)
+        fleet.wait_ready(kinds, 180)
         return fleet
 
     def client(self, fleet: Fleet, tenant: str) -> httpx.Client:
@@ -120,6 +122,11 @@ def run_campaign(seed: int, quick: bool = True, part: str = "all", workdir: Path
             Soak(camp).run()
             r.add(f"soak wall time {time.time() - t:.0f} s")
             r.metrics["soak_wall_s"] = time.time() - t
+        if part in ("timing", "all"):
+            t = time.time()
+            r.add("")
+            run_timing(camp)
+            r.metrics["timing_wall_s"] = time.time() - t
         if part in ("backlog", "all"):
             t = time.time()
             r.add("")

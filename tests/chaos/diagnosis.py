@@ -8,7 +8,7 @@ import functools
 
 from tests.chaos.broker import broker_messages
 from tests.chaos.database import TERMINAL, Db
-from tests.chaos.fleet import PROCESS_KINDS, Fleet
+from tests.chaos.fleet import Fleet
 from tests.chaos.report import Report
 from tests.chaos.submission import Sub
 
@@ -44,7 +44,7 @@ def _job_columns(db: Db) -> frozenset:
 
 
 def log_tails(r: Report, fleet: Fleet, lines: int, with_path: bool = True) -> None:
-    for n in PROCESS_KINDS:
+    for n in fleet.kinds:
         r.add(f"  --- last lines of {n}{f' ({fleet.proc(n).log})' if with_path else ''} ---")
         for line in fleet.proc(n).tail(lines).splitlines():
             r.add(f"    {line[:240]}")
@@ -75,7 +75,7 @@ def diagnose(r: Report, fleet: Fleet, db: Db, redis_port: int, subs: dict, state
             lease_txt = " job lease: none" if lease[0][0] else f" job lease: {float(lease[0][1]):+.0f} s"
         r.add(f"    in Redis: {'; '.join(found) if found else 'no message for it or its chunks'};{lease_txt}")
         hits = []
-        for n in PROCESS_KINDS:
+        for n in fleet.kinds:
             with contextlib.suppress(OSError):
                 for line in fleet.proc(n).log.read_text(errors="replace").splitlines():
                     if s.job_id in line:

@@ -22,11 +22,14 @@ class Fleet:
     (deploy/k8s/cpu-worker.yaml: ``asrq worker --queues maintenance --concurrency 1 --beat``), so each can
     be killed on its own."""
 
-    def __init__(self, stack: Stack, cpu_concurrency: int) -> None:
+    def __init__(self, stack: Stack, cpu_concurrency: int, kinds: tuple[str, ...] = PROCESS_KINDS,
+                 env_of: dict[str, dict] | None = None) -> None:
         self.stack = stack
         self.cpu_concurrency = cpu_concurrency
+        self.kinds = kinds  # PROCESS_KINDS, and "gpu2" for a second transcribe worker
+        self.env_of = env_of or {}  # a process's own settings on top of the stack's
         self.api_port = int(stack.api_url.rsplit(":", 1)[1])
-        self.locks = {n: threading.Lock() for n in PROCESS_KINDS}
+        self.locks = {n: threading.Lock() for n in kinds}
         self.restarts: Counter = Counter()
         self.notes: list[str] = []
         self.closed = False
@@ -36,12 +39,13 @@ class Fleet:
             "api": api_argv(self.api_port),
             "cpu": cpu_worker_argv(self.cpu_concurrency, beat=False),
             "gpu": transcribe_worker_argv(),
+            "gpu2": transcribe_worker_argv(),
             "beat": cpu_worker_argv(1, beat=True, queues="maintenance,reconcile,webhook"),
         }[name]
 
     def start(self, name: str) -> None:
         if not self.closed:  # a restart due after the campaign ended must not leave a process behind
-            self.stack.start(name, self.argv(name))
+            self.stack.start(name, self.argv(name), self.env_of.get(name))
 
     def close(self) -> None:
         self.closed = True
@@ -123,7 +127,7 @@ class Fleet:
 
     def ensure_all_up(self) -> list[str]:
         started = []
-        for n in PROCESS_KINDS:
+        for n in self.kinds:
             with self.locks[n]:
                 if not self.proc(n).alive():
                     self.start(n)

@@ -38,6 +38,9 @@ class Mode:
     backlog_interval_s: float
     backlog_deadline_s: float
     backlog_webhook_every: int  # every this many backlog jobs, one with a webhook_url that never answers
+    timing_jobs: int  # timing part: recordings through two transcribe workers on a card slower than the lease
+    timing_kills: int  # kill -9 of a transcribe worker mid-batch (a poison chunk, an OOM kill)
+    timing_deadline_s: float
 
 
 QUICK = Mode("quick", n_short=14, n_medium=2, n_long=1, long_s=(300, 360), short_max_s=20,
@@ -47,7 +50,7 @@ QUICK = Mode("quick", n_short=14, n_medium=2, n_long=1, long_s=(300, 360), short
              env={"ASRQ_RECONCILE_INTERVAL_S": "2", "ASRQ_RECONCILE_STALE_S": "6", "ASRQ_CHUNK_LEASE_S": "30",
                   "ASRQ_VISIBILITY_TIMEOUT_S": "90"},
              backlog_jobs=300, backlog_stale_s=5.0, backlog_interval_s=1.0, backlog_deadline_s=300.0,
-             backlog_webhook_every=5)
+             backlog_webhook_every=5, timing_jobs=20, timing_kills=1, timing_deadline_s=240.0)
 FULL = Mode("full", n_short=200, n_medium=40, n_long=12, long_s=(300, 1200), short_max_s=60,
             medium_s=(30, 90), long_pause_s=(10.0, 60.0), n_batches=5, batch_size=12,
             every_cell=True, cover_s=2700.0, feed_max=300, feed_every_s=3.0, feed_in_flight=12, webhook_share=0.3,
@@ -56,4 +59,4 @@ FULL = Mode("full", n_short=200, n_medium=40, n_long=12, long_s=(300, 1200), sho
             env={"ASRQ_RECONCILE_INTERVAL_S": "3", "ASRQ_RECONCILE_STALE_S": "15", "ASRQ_CHUNK_LEASE_S": "90",
                  "ASRQ_VISIBILITY_TIMEOUT_S": "900"},
             backlog_jobs=2000, backlog_stale_s=20.0, backlog_interval_s=2.0, backlog_deadline_s=1800.0,
-            backlog_webhook_every=5)
+            backlog_webhook_every=5, timing_jobs=120, timing_kills=3, timing_deadline_s=900.0)

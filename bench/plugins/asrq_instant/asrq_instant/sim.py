@@ -10,7 +10,8 @@ A model of this engine is a folder holding ``sim.json``::
      "fixed_bytes": 1073741824, "batch_log": "/abs/path/batches.jsonl"}
 
 ``batch_log`` is optional (the environment variable SIM_BATCH_LOG is used when it is absent; no log
-when neither is set). Bundled: ``bundled:card-1000x`` and ``bundled:card-5000x``.
+when neither is set). ``begin_log`` (optional) gets a line as each batch begins, with its audio seconds,
+so a batch whose worker is killed mid-way is counted too (tests/chaos/timing.py). Bundled: ``bundled:card-1000x`` and ``bundled:card-5000x``.
 The worker's path is the one a real card takes: nothing in asrq knows this engine.
 """
 

@@ -27,6 +27,7 @@ class SimCard:
     bytes_per_s: float
     fixed_bytes: float
     batch_log: str | None = None
+    begin_log: str | None = None  # a line as each batch begins (the chaos soak counts the audio given)
 
 
 class SimEngine(Engine):
@@ -49,6 +50,10 @@ class SimEngine(Engine):
         padded_s = max(lengths_s, default=0.0) * len(audios)
         if self.card.fixed_bytes + padded_s * self.card.bytes_per_s > self.card.free_bytes:
             raise EngineOutOfMemory(f"simulated card: {padded_s:.0f} padded audio-seconds do not fit")
+        if self.card.begin_log:
+            # before the sleep: a batch whose worker is killed mid-way still counts as given to the card
+            self._log({"start": t0, "audio_s": round(audio_s, 3), "chunks": len(audios), "pid": os.getpid()},
+                      self.card.begin_log)
         # wall time without CPU: sleep to the deadline (a sleep cut short by a signal is resumed)
         end = t0 + self.card.launch_ms / 1000 + audio_s / self.card.rtfx
         while (left := end - time.monotonic()) > 0:
@@ -58,8 +63,8 @@ class SimEngine(Engine):
                    "chunks": len(audios), "pid": os.getpid()})
         return [ChunkText(WORD, [Word(0.0, min(WORD_S, s), WORD)], options.language or "en") for s in lengths_s]
 
-    def _log(self, row: dict) -> None:
-        path = self.card.batch_log or os.environ.get("SIM_BATCH_LOG")
+    def _log(self, row: dict, path: str | None = None) -> None:
+        path = path or self.card.batch_log or os.environ.get("SIM_BATCH_LOG")
         if not path:
             return
         # one short line per write, opened for append: lines of several processes never interleave
