@@ -273,3 +273,15 @@ def _store(url: str) -> ObjectStore:
 
 def get_store() -> ObjectStore:
     return _store(get_settings().storage_url)
+
+
+def source_store(bucket: str, endpoint_url: str | None, region: str) -> S3Store:
+    """A store on a bucket that s3:// sources are read from, made once per process and bucket: building a
+    boto3 client costs more CPU than the requests it then makes (measured: 6 ms against 2 ms for a GET)."""
+    return _source_store(bucket, endpoint_url, region, os.getpid())
+
+
+@functools.lru_cache(maxsize=16)
+def _source_store(bucket: str, endpoint_url: str | None, region: str, _pid: int) -> S3Store:
+    # keyed by the process too: a forked child builds its own client rather than share its parent's sockets
+    return S3Store(bucket, "", endpoint_url, region)
