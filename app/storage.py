@@ -200,6 +200,15 @@ class S3Store(ObjectStore):
             return
         self._call(self.client.upload_file, str(path), self.bucket, self._key(key), ExtraArgs=extra or None)
 
+    def put_bytes(self, key: str, data: bytes, content_type: str | None = None) -> None:
+        if len(data) > SINGLE_REQUEST_BYTES:
+            super().put_bytes(key, data, content_type)
+            return
+        # one PUT of the bytes in hand: through upload_fileobj (a spooled file, s3transfer's threads and
+        # futures) a transcript's PUT cost twice the CPU (measured 3.8 against 2.0 ms on a 3 KB object)
+        extra = {"ContentType": content_type} if content_type else {}
+        self._call(self.client.put_object, Bucket=self.bucket, Key=self._key(key), Body=data, **extra)
+
     def put_stream(self, key: str, stream: BinaryIO, content_type: str | None = None) -> None:
         extra = {"ContentType": content_type} if content_type else None
         # upload_fileobj streams in multipart parts: a large upload never sits whole in memory

@@ -340,6 +340,34 @@ def test_an_s3_source_is_read_with_one_request_on_a_client_made_once(s3, s3_sett
     assert len(made) <= 1
 
 
+def test_a_small_object_is_one_put_without_a_transfer_manager(s3_settings, monkeypatch):
+    """Transcripts and other small objects go out as one PutObject; s3transfer (a spooled file, a thread
+    pool and futures per object) is for objects too large for one request."""
+    from s3transfer.manager import TransferManager
+
+    from app.storage import SINGLE_REQUEST_BYTES, store_from_url
+
+    managers = []
+    real_init = TransferManager.__init__
+
+    def counting_init(self, *a, **kw):  # noqa: ANN001, ANN002, ANN003, ANN202 - counts, then the real one
+        managers.append(1)
+        real_init(self, *a, **kw)
+
+    monkeypatch.setattr(TransferManager, "__init__", counting_init)
+    store = store_from_url(s3_settings.storage_url, s3_settings)
+    calls = []
+    store.client.meta.events.register("before-call.s3.*", lambda model, **_: calls.append(model.name))
+    store.put_bytes("jobs/x/transcript.json", b'{"text": "hi"}', "application/json")
+    assert calls == ["PutObject"] and not managers
+    assert store.get_bytes("jobs/x/transcript.json") == b'{"text": "hi"}'
+    head = store.client.head_object(Bucket="asrq-test", Key="sec/svc/jobs/x/transcript.json")
+    assert head["ContentType"] == "application/json"
+    calls.clear()
+    store.put_bytes("jobs/x/big.bin", b"\0" * (SINGLE_REQUEST_BYTES + 1))  # multipart, as before
+    assert managers and "CreateMultipartUpload" in calls
+
+
 # ---- the embedded stack: SQLite jobs, filesystem broker ---------------------------------------------------------
 
 
