@@ -528,11 +528,16 @@ def mark_audio_deleted(session: Session, job_ids: list[uuid.UUID]) -> None:
 # --- the webhook outbox row, written with the job's last state change -----------------------------------
 
 
-def note_job_end(session: Session, job_id: uuid.UUID, state: JobState) -> None:
+#: what note_job_end reads of the job (a move may hand it over with RETURNING instead)
+_END_COLUMNS = (Job.tenant, Job.webhook_url, Job.options, Job.error, Job.duration_s, Job.created_at, Job.started_at)
+
+
+def note_job_end(session: Session, job_id: uuid.UUID, state: JobState, job=None) -> None:  # noqa: ANN001
     """Inside the transaction that just moved ``job_id`` to ``state``: write its webhook delivery (if it
-    has a webhook) and count the job once that transaction commits."""
-    job = session.execute(select(Job.tenant, Job.webhook_url, Job.options, Job.error, Job.duration_s,
-                                 Job.created_at, Job.started_at).where(Job.id == job_id)).one_or_none()
+    has a webhook) and count the job once that transaction commits. ``job``: its ``_END_COLUMNS`` as the
+    move returned them (else they are read here)."""
+    if job is None:
+        job = session.execute(select(*_END_COLUMNS).where(Job.id == job_id)).one_or_none()
     if job is None:
         return
     now = utcnow()
@@ -598,24 +603,31 @@ def begin_finalize(session: Session, job_id: uuid.UUID, max_attempts: int, lease
     the job's first finalize, one more for each take-over since, never repeated), None when there is
     nothing to do (finished meanwhile, or a live finalize holds it). Finalizes that never finished (the
     attempts: a transient failure gives its attempt back) are bounded."""
+    job = take_finalize(session, job_id, max_attempts, lease_s)
+    return job.finalize_fence if job is not None else None
+
+
+def take_finalize(session: Session, job_id: uuid.UUID, max_attempts: int, lease_s: float) -> Job | None:
+    """``begin_finalize``, returning the job row as the take-over left it (its token in ``finalize_fence``):
+    the take-over and the read of the job are one round trip."""
     now = utcnow()
-    row = session.execute(
+    job = session.execute(
         update(Job)
         .where(Job.id == job_id, Job.state == JobState.FINALIZING,
                (Job.lease_until < now) | Job.lease_until.is_(None))
         .values(finalize_attempts=Job.finalize_attempts + 1, finalize_fence=Job.finalize_fence + 1,
                 lease_until=now + timedelta(seconds=lease_s), updated_at=now)
-        .returning(Job.finalize_attempts, Job.finalize_fence)
-    ).first()
+        .returning(Job),
+        execution_options={"populate_existing": True},
+    ).scalars().first()
     session.commit()
-    if row is None:
+    if job is None:
         return None
-    attempts, fence = row
-    if attempts > max_attempts:
+    if job.finalize_attempts > max_attempts:
         fail_job(session, job_id, f"finalizing the transcript failed {max_attempts} times; "
                                   "last attempt did not finish")
         return None
-    return fence
+    return job
 
 
 def begin_finalize_more(session: Session, exclude: uuid.UUID, limit: int, lease_s: float,
@@ -660,16 +672,18 @@ def complete_job(session: Session, job_id: uuid.UUID, language: str | None, fenc
     the retention state that goes with it)."""
     fenced = [Job.finalize_fence == fence] if fence is not None else []
     now = utcnow()
-    res = session.execute(
+    # RETURNING: the move and what the job's end needs of it (webhook row, counts, log) are one round trip
+    job = session.execute(
         update(Job)
         .where(Job.id == job_id, Job.state == JobState.FINALIZING, *fenced)
         .values(state=JobState.COMPLETED, language=language, lease_until=None, finished_at=now, updated_at=now,
                 **({"audio_deleted_at": now} if audio_deleted else {}))
-    )
-    if res.rowcount:
-        note_job_end(session, job_id, JobState.COMPLETED)  # its webhook row, in this same transaction
+        .returning(*_END_COLUMNS)
+    ).one_or_none()
+    if job is not None:
+        note_job_end(session, job_id, JobState.COMPLETED, job)  # its webhook row, in this same transaction
     session.commit()
-    if res.rowcount:
-        job = session.get(Job, job_id, populate_existing=True)
-        log_state(job or job_id, JobState.COMPLETED)
-    return bool(res.rowcount)
+    if job is not None:
+        elapsed = (now - job.created_at).total_seconds() if job.created_at else 0.0
+        log.info("job=%s state=%s elapsed_s=%.3f ", job_id, JobState.COMPLETED.value, elapsed)
+    return job is not None

@@ -200,6 +200,15 @@ class S3Store(ObjectStore):
             return
         self._call(self.client.upload_file, str(path), self.bucket, self._key(key), ExtraArgs=extra or None)
 
+    def put_bytes(self, key: str, data: bytes, content_type: str | None = None) -> None:
+        if len(data) > SINGLE_REQUEST_BYTES:
+            super().put_bytes(key, data, content_type)
+            return
+        # one PUT of the bytes in hand: through upload_fileobj (a spooled file, s3transfer's threads and
+        # futures) a transcript's PUT cost twice the CPU (measured 3.8 against 2.0 ms on a 3 KB object)
+        extra = {"ContentType": content_type} if content_type else {}
+        self._call(self.client.put_object, Bucket=self.bucket, Key=self._key(key), Body=data, **extra)
+
     def put_stream(self, key: str, stream: BinaryIO, content_type: str | None = None) -> None:
         extra = {"ContentType": content_type} if content_type else None
         # upload_fileobj streams in multipart parts: a large upload never sits whole in memory
@@ -273,3 +282,15 @@ def _store(url: str) -> ObjectStore:
 
 def get_store() -> ObjectStore:
     return _store(get_settings().storage_url)
+
+
+def source_store(bucket: str, endpoint_url: str | None, region: str) -> S3Store:
+    """A store on a bucket that s3:// sources are read from, made once per process and bucket: building a
+    boto3 client costs more CPU than the requests it then makes (measured: 6 ms against 2 ms for a GET)."""
+    return _source_store(bucket, endpoint_url, region, os.getpid())
+
+
+@functools.lru_cache(maxsize=16)
+def _source_store(bucket: str, endpoint_url: str | None, region: str, _pid: int) -> S3Store:
+    # keyed by the process too: a forked child builds its own client rather than share its parent's sockets
+    return S3Store(bucket, "", endpoint_url, region)

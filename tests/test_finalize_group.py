@@ -272,3 +272,35 @@ def test_the_mates_work_is_bounded(env, monkeypatch, bound):
     for m in left:
         fin.finalize.apply(args=[str(m)])
     assert all(_state(m)[0] == JobState.COMPLETED for m in mates)
+
+
+def test_a_finalize_is_three_statements_and_a_request_per_object(env):
+    """A job's finalize, counted on real Postgres and S3 (no webhook, no punctuation): take the job (its row
+    comes back with the take-over), read its chunks, complete it (what its end needs comes back with the
+    move); one PUT per format and the deletion of its decoded audio. Each round trip is CPU on the worker."""
+    from sqlalchemy import event
+    from sqlalchemy.engine import Engine
+
+    from app.db.models import Job, JobState
+    from app.db.session import session_scope
+    from app.storage import get_store
+    from workers.tasks import finalize as fin
+
+    jobs = [_finalizing_job("none", seed=n) for n in range(2)]
+    fin.finalize_job(jobs[0])  # connections open, clients made
+    statements: list[str] = []
+    requests: list[str] = []
+
+    def count(_conn, _cur, statement, *_a) -> None:  # noqa: ANN001
+        statements.append(statement.split()[0])
+
+    event.listen(Engine, "before_cursor_execute", count)
+    get_store().client.meta.events.register("before-call.s3.*", lambda model, **_: requests.append(model.name))
+    try:
+        fin.finalize_job(jobs[1])
+    finally:
+        event.remove(Engine, "before_cursor_execute", count)
+    with session_scope() as s:
+        assert s.get(Job, jobs[1]).state == JobState.COMPLETED
+    assert statements == ["UPDATE", "SELECT", "UPDATE"], statements
+    assert sorted(requests) == ["DeleteObject", "PutObject", "PutObject"], requests  # json, srt; the PCM

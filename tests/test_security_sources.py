@@ -301,10 +301,71 @@ def test_s3_source_is_checked_again_and_capped_in_the_worker(s3_settings, tmp_pa
     with pytest.raises(BadSource, match="20000 byte limit"):
         fetch_source(uuid.uuid4(), "s3://asrq-test/sec/inbox/big.wav", "big.wav", None, s3_settings, dest,
                      tenant="globex")
-    assert not dest.exists()  # refused on its size (HEAD) before any of it was read
+    assert not dest.exists()  # refused on the size its GET states, before any of it was read
     with pytest.raises(BadSource, match="not found"):
         fetch_source(uuid.uuid4(), "s3://asrq-test/sec/inbox/nope.wav", "x", None, s3_settings, tmp_path / "n",
                      tenant="globex")
+
+
+def test_an_s3_source_is_read_with_one_request_on_a_client_made_once(s3, s3_settings, tmp_path, monkeypatch):
+    """Per fetch, only the GET reaches the server (its answer states the size; no HEAD first), and the boto3
+    client is built once per process and bucket, not per job (it cost three times a request's CPU)."""
+    import boto3
+
+    from tests.services import wait_until
+    from workers.fetch import fetch_source
+
+    _, moto = s3
+    made = []
+    real_client = boto3.client
+
+    def counting_client(*a, **kw):  # noqa: ANN002, ANN003, ANN202 - counts, then builds the real client
+        made.append(a)
+        return real_client(*a, **kw)
+
+    monkeypatch.setattr(boto3, "client", counting_client)
+
+    def requests(verb: str) -> int:
+        return sum(f'"{verb} /asrq-test/sec/inbox/a.wav' in line.replace("\x1b[35m\x1b[1m", "")
+                   for line in moto.log.read_text(errors="replace").splitlines())
+
+    gets, heads = requests("GET"), requests("HEAD")
+    for n in range(3):
+        got = fetch_source(uuid.uuid4(), "s3://asrq-test/sec/inbox/a.wav", "a.wav", None, s3_settings,
+                           tmp_path / f"a{n}", tenant="globex")
+        assert got.read_bytes() == AUDIO
+    # the server logs a request once it has answered it: wait for the three GETs, then no HEAD may be there
+    wait_until(lambda: requests("GET") >= gets + 3, 10, what="the GETs in the S3 server's log")
+    assert requests("HEAD") == heads
+    assert len(made) <= 1
+
+
+def test_a_small_object_is_one_put_without_a_transfer_manager(s3_settings, monkeypatch):
+    """Transcripts and other small objects go out as one PutObject; s3transfer (a spooled file, a thread
+    pool and futures per object) is for objects too large for one request."""
+    from s3transfer.manager import TransferManager
+
+    from app.storage import SINGLE_REQUEST_BYTES, store_from_url
+
+    managers = []
+    real_init = TransferManager.__init__
+
+    def counting_init(self, *a, **kw):  # noqa: ANN001, ANN002, ANN003, ANN202 - counts, then the real one
+        managers.append(1)
+        real_init(self, *a, **kw)
+
+    monkeypatch.setattr(TransferManager, "__init__", counting_init)
+    store = store_from_url(s3_settings.storage_url, s3_settings)
+    calls = []
+    store.client.meta.events.register("before-call.s3.*", lambda model, **_: calls.append(model.name))
+    store.put_bytes("jobs/x/transcript.json", b'{"text": "hi"}', "application/json")
+    assert calls == ["PutObject"] and not managers
+    assert store.get_bytes("jobs/x/transcript.json") == b'{"text": "hi"}'
+    head = store.client.head_object(Bucket="asrq-test", Key="sec/svc/jobs/x/transcript.json")
+    assert head["ContentType"] == "application/json"
+    calls.clear()
+    store.put_bytes("jobs/x/big.bin", b"\0" * (SINGLE_REQUEST_BYTES + 1))  # multipart, as before
+    assert managers and "CreateMultipartUpload" in calls
 
 
 # ---- the embedded stack: SQLite jobs, filesystem broker ---------------------------------------------------------

@@ -16,7 +16,7 @@ from app.db.session import session_scope
 from app.errors import BadSource, TransientError
 from app.settings import Settings
 from app.sources import UPLOAD_SCHEME, check_file_source, check_s3_source, s3_location
-from app.storage import ObjectNotFound, ObjectStore, S3Store, check_key
+from app.storage import ObjectNotFound, ObjectStore, check_key, source_store
 from workers.pinned_http import pinned_stream
 
 BLOCK = 1024 * 1024
@@ -71,14 +71,16 @@ def copy_capped(blocks: Iterable[bytes], dest: Path, limit: int) -> int:
 def _fetch_s3(uri: str, settings: Settings, dest: Path) -> None:
     bucket, key = s3_location(uri)
     endpoint = str(settings.s3_endpoint_url) if settings.s3_endpoint_url else None
-    store = S3Store(bucket, "", endpoint, settings.s3_region)
+    store = source_store(bucket, endpoint, settings.s3_region)
     try:
-        if store.size(key) > settings.max_upload_bytes:  # HEAD: refuse a huge object before reading any of it
-            raise _too_large(settings.max_upload_bytes)
-        body = store._call(store.client.get_object, Bucket=bucket, Key=check_key(key))["Body"]
+        # one GET, no HEAD first: its answer states the size before any of the body is read
+        resp = store._call(store.client.get_object, Bucket=bucket, Key=check_key(key))
     except ObjectNotFound as e:
         raise BadSource(f"source object {uri} not found") from e
+    body = resp["Body"]
     try:
+        if int(resp.get("ContentLength") or 0) > settings.max_upload_bytes:
+            raise _too_large(settings.max_upload_bytes)  # refused before any of it was read
         # errors while streaming map like any other storage call (a dropped connection is transient)
         store._call(copy_capped, body.iter_chunks(BLOCK), dest, settings.max_upload_bytes)
     finally:

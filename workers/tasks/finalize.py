@@ -19,7 +19,7 @@ from app.constants import TASK_FINALIZE, pcm_key, transcript_key
 from app.db.models import Chunk, ChunkState, Job, JobState, utcnow
 from app.db.session import session_scope
 from app.errors import PermanentError
-from app.lifecycle import begin_finalize, begin_finalize_more, complete_job, fail_job, requeue_finalize
+from app.lifecycle import begin_finalize_more, complete_job, fail_job, requeue_finalize, take_finalize
 from app.messaging import send_finalize, try_send
 from app.messaging import send_webhook_tries as send_deliveries
 from app.settings import get_settings
@@ -55,10 +55,10 @@ def finalize_job(job_id: uuid.UUID) -> None:
     settings = get_settings()
     with session_scope() as s:
         # finished, failed or cancelled meanwhile, or a live finalize holds it: nothing to do
-        attempt = begin_finalize(s, job_id, settings.max_attempts, settings.reconcile_stale_s)
-        if attempt is None:
+        job = take_finalize(s, job_id, settings.max_attempts, settings.reconcile_stale_s)
+        if job is None:
             return
-        job = s.get(Job, job_id)
+        attempt = job.finalize_fence
         if attempt == 1 and job is not None and job.transcribing_at is not None:
             # once per job: chunks planned -> the last one transcribed (and this finalize taken)
             metrics.TRANSCRIBE_SECONDS.labels(metrics.engine_of(job.options)).observe(
@@ -72,11 +72,13 @@ def finalize_job(job_id: uuid.UUID) -> None:
         if attempt == 1 and settings.finalize_group_max > 1 and punc_model != NO_PUNCTUATION:
             mates = begin_finalize_more(s, job_id, settings.finalize_group_max - 1, settings.reconcile_stale_s,
                                         punc_model)
+        # the task's own job, read on this session (the job row is in hand): its errors go to the task's
+        # retry policy, as every error of its own before the lease's heartbeat starts
+        own = _load_in(s, job_id, job)
     t0 = time.monotonic()
     with JobLease(job_id, JobState.FINALIZING, attempt, settings.reconcile_stale_s, settings.finalize_time_limit_s), \
             _Mates(mates, settings) as group:
-        # the task's own job: its errors go to the task's retry policy (and its mates are given back)
-        loaded = {job_id: _load(job_id)}
+        loaded = {job_id: own}
         mates_chars = 0
         for jid, _ in mates:
             # each mate's steps run under _Mates.run: whatever goes wrong is that mate's outcome alone
@@ -94,10 +96,10 @@ def finalize_job(job_id: uuid.UUID) -> None:
             mates_chars += mate.text_chars
             loaded[jid] = mate
         punctuated = punctuate_all(loaded)
-        own = punctuated[job_id]
-        if isinstance(own, BaseException):
-            raise own
-        _complete(job_id, attempt, loaded[job_id], normalize(loaded[job_id], own), settings, t0)
+        own_words = punctuated[job_id]
+        if isinstance(own_words, BaseException):
+            raise own_words
+        _complete(job_id, attempt, own, normalize(own, own_words), settings, t0)
         for jid, fence in mates:
             if jid not in loaded or not group.holds(jid):
                 continue
@@ -188,6 +190,8 @@ class Loaded:
     punc_model: str
     itn: bool
     char_level: bool
+    webhook: bool = False  # the job has a webhook_url: its end writes a delivery to send
+
 
     @property
     def text_chars(self) -> int:
@@ -196,16 +200,20 @@ class Loaded:
 
 def _load(job_id: uuid.UUID) -> Loaded:
     with session_scope() as s:
-        job = s.get(Job, job_id)
-        rows = s.scalars(select(Chunk).where(Chunk.job_id == job_id, Chunk.state == ChunkState.DONE)
-                         .order_by(Chunk.index)).all()
-        chunks = [chunk_result(c.index, c.start_ms, c.end_ms, c.text or "", c.words, c.language) for c in rows]
-        langs = Counter(c.language for c in rows if c.language)
-        language = job.options.get("language") or (langs.most_common(1)[0][0] if langs else None)
-        char_level = is_cjk(" ".join(c.text for c in chunks))
-        return Loaded(job_id, chunks, language, job.duration_s or 0.0, job.options.get("formats") or ["json"],
-                      job.options.get("punc_model") or NO_PUNCTUATION,
-                      itn_applies(job.options.get("itn"), language), char_level)
+        return _load_in(s, job_id, s.get(Job, job_id))
+
+
+def _load_in(s, job_id: uuid.UUID, job: Job) -> Loaded:  # noqa: ANN001
+    # the columns a transcript needs, not whole ORM rows
+    rows = s.execute(select(Chunk.index, Chunk.start_ms, Chunk.end_ms, Chunk.text, Chunk.words, Chunk.language)
+                     .where(Chunk.job_id == job_id, Chunk.state == ChunkState.DONE).order_by(Chunk.index)).all()
+    chunks = [chunk_result(c.index, c.start_ms, c.end_ms, c.text or "", c.words, c.language) for c in rows]
+    langs = Counter(c.language for c in rows if c.language)
+    language = job.options.get("language") or (langs.most_common(1)[0][0] if langs else None)
+    char_level = is_cjk(" ".join(c.text for c in chunks))
+    return Loaded(job_id, chunks, language, job.duration_s or 0.0, job.options.get("formats") or ["json"],
+                  job.options.get("punc_model") or NO_PUNCTUATION,
+                  itn_applies(job.options.get("itn"), language), char_level, bool(job.webhook_url))
 
 
 def restore_all(jobs: dict[uuid.UUID, Loaded]) -> dict[uuid.UUID, list[Word]]:
@@ -280,8 +288,9 @@ def _complete(job_id: uuid.UUID, attempt: int, job: Loaded, words: list[Word], s
     audio_deleted = _drop_decoded_audio(job_id)
     with session_scope() as s:
         moved = complete_job(s, job_id, job.language, attempt, audio_deleted)
-        # the webhook row was written with COMPLETED; sent now rather than at the next sweep
-        due = dispatch_due(s, settings, job_id) if moved else []
+        # the webhook row was written with COMPLETED; sent now rather than at the next sweep (a job without a
+        # webhook has none: nothing to look for)
+        due = dispatch_due(s, settings, job_id) if moved and job.webhook else []
     if moved:
         metrics.FINALIZE_SECONDS.observe(time.monotonic() - t0)
     send_deliveries(due)
