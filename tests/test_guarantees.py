@@ -971,7 +971,6 @@ def test_a_batch_s_audio_is_freed_by_the_store_thread(live, monkeypatch):
 
     from tests.gated_engine import GatedEngine, install
     from workers.tasks import transcribe
-    from workers.tasks.stream import ChunkStream
 
     _two_per_batch(monkeypatch)
     engine = GatedEngine()
@@ -988,15 +987,22 @@ def test_a_batch_s_audio_is_freed_by_the_store_thread(live, monkeypatch):
 
     monkeypatch.setattr(transcribe, "_read_all", watched_read)
     _, ids = _add_gated_job(6)
-    stream = ChunkStream("worker-a")
+    _stream_until_stored("worker-a", ids)
+    assert set(freed_by) == set(range(6)), freed_by
+    assert set(freed_by.values()) == {"asrq-stream-store"}, freed_by
+
+
+def _stream_until_stored(worker: str, ids: list) -> None:
+    """A stream handed these chunks, run until every one is stored."""
+    from workers.tasks.stream import ChunkStream
+
+    stream = ChunkStream(worker)
     try:
         stream.intake([str(c) for c in ids], {}, {})
         wait_until(lambda: all(st == ChunkState.DONE for st, _, _ in _chunk_rows(ids).values()), 60, 0.1,
                    "every chunk stored")
     finally:
         stream.close()
-    assert set(freed_by) == set(range(6)), freed_by
-    assert set(freed_by.values()) == {"asrq-stream-store"}, freed_by
 
 
 def test_the_stream_runs_the_fullest_batch_first(live, monkeypatch):
@@ -1007,7 +1013,6 @@ def test_the_stream_runs_the_fullest_batch_first(live, monkeypatch):
     from app.settings import get_settings
     from app.storage import get_store
     from tests.gated_engine import OPTIONS, GatedEngine, chunk_pcm, install
-    from workers.tasks.stream import ChunkStream
 
     monkeypatch.setenv("ASRQ_BATCH_AUDIO_S", "10")
     monkeypatch.setenv("ASRQ_BATCH_MAX_REQUESTS", "8")
@@ -1025,13 +1030,7 @@ def test_the_stream_runs_the_fullest_batch_first(live, monkeypatch):
         s.flush()
         s.execute(update(Job).where(Job.id == jid).values(chunks_total=len(rows)))
         ids = [c.id for c in rows]
-    stream = ChunkStream("worker-f")
-    try:
-        stream.intake([str(c) for c in ids], {}, {})
-        wait_until(lambda: all(st == ChunkState.DONE for st, _, _ in _chunk_rows(ids).values()), 60, 0.1,
-                   "every chunk stored")
-    finally:
-        stream.close()
+    _stream_until_stored("worker-f", ids)
     # the engine reports each chunk by the second it starts at
     assert [sorted(b) for b in engine.batches] == [[6, 10, 14], [0]]
 
