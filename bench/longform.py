@@ -202,7 +202,8 @@ def targets(table: dict, systems: list[str]) -> dict:
                         for n in by_sys[system])
             out[f"{model} {system}"] = {"wer_ok": mine["wer"] <= best["wer"], "worst_vs_peer_pts": 100 * worst,
                                         "per_recording_ok": worst <= 0.01, "starts_ok": mine["starts_ok"] >= 0.98,
-                                        "better_peer": peer}
+                                        "better_peer": peer, "wer": mine["wer"], "peer_wer": best["wer"],
+                                        "starts": mine["starts_ok"]}
     return out
 
 
@@ -211,10 +212,12 @@ def checks(res: dict) -> list:
 
     out = []
     for k, t in res["targets"].items():
-        out.append(Check(f"longform {k}: WER <= better peer's ({t['better_peer']})", t["wer_ok"], ""))
+        out.append(Check(f"longform {k}: WER <= better peer's ({t['better_peer']})", t["wer_ok"],
+                         f"{100 * t['wer']:.2f} % vs {100 * t['peer_wer']:.2f} %"))
         out.append(Check(f"longform {k}: no recording > better peer + 1 pt", t["per_recording_ok"],
                          f"worst {t['worst_vs_peer_pts']:+.2f} pts"))
-        out.append(Check(f"longform {k}: >= 98 % of sentence starts within {START_TOL_S} s", t["starts_ok"], ""))
+        out.append(Check(f"longform {k}: >= 98 % of sentence starts within {START_TOL_S} s", t["starts_ok"],
+                         f"{t['starts']:.1%}"))
     return out
 
 
