@@ -13,7 +13,7 @@ import logging
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Protocol
 
 from sqlalchemy import (
@@ -52,9 +52,10 @@ from app.webhooks import EVENTS
 log = logging.getLogger("asrq.state")
 
 
-def log_state(job: Job | uuid.UUID, state: JobState, **extra: object) -> None:
+def log_state(job: Job | uuid.UUID, state: JobState, *, created_at: datetime | None = None, **extra: object) -> None:
+    """The one log line of a state change; ``created_at``: the job's, where only its id is in hand."""
     job_id = job.id if isinstance(job, Job) else job
-    started = job.created_at if isinstance(job, Job) else None
+    started = job.created_at if isinstance(job, Job) else created_at
     elapsed = (utcnow() - started).total_seconds() if started else 0.0
     tail = " ".join(f"{k}={v}" for k, v in extra.items())
     log.info("job=%s state=%s elapsed_s=%.3f %s", job_id, state.value, elapsed, tail)
@@ -684,6 +685,5 @@ def complete_job(session: Session, job_id: uuid.UUID, language: str | None, fenc
         note_job_end(session, job_id, JobState.COMPLETED, job)  # its webhook row, in this same transaction
     session.commit()
     if job is not None:
-        elapsed = (now - job.created_at).total_seconds() if job.created_at else 0.0
-        log.info("job=%s state=%s elapsed_s=%.3f ", job_id, JobState.COMPLETED.value, elapsed)
+        log_state(job_id, JobState.COMPLETED, created_at=job.created_at)
     return job is not None

@@ -59,7 +59,7 @@ def finalize_job(job_id: uuid.UUID) -> None:
         if job is None:
             return
         attempt = job.finalize_fence
-        if attempt == 1 and job is not None and job.transcribing_at is not None:
+        if attempt == 1 and job.transcribing_at is not None:
             # once per job: chunks planned -> the last one transcribed (and this finalize taken)
             metrics.TRANSCRIBE_SECONDS.labels(metrics.engine_of(job.options)).observe(
                 max(0.0, (utcnow() - job.transcribing_at).total_seconds()))
@@ -191,7 +191,6 @@ class Loaded:
     itn: bool
     char_level: bool
     webhook: bool = False  # the job has a webhook_url: its end writes a delivery to send
-
 
     @property
     def text_chars(self) -> int:
